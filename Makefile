@@ -1,0 +1,40 @@
+# foodnet: `make help` lists the targets. Everything runs inside .venv, created on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: help install demo train test lint tensorboard bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv and install foodnet with its test and tool dependencies
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: install  ## make the synthetic demo dataset and train on it (offline, ~2 min on 2 cores)
+	$(PY) -m foodnet.data demo --out data/demo
+	$(PY) -m foodnet.train experiment=demo $(ARGS)
+
+train: install  ## train on data/train.txt + data/test.txt; pass overrides as ARGS="..."
+	$(PY) -m foodnet.train $(ARGS)
+
+test: install  ## run the test suite
+	$(PY) -m pytest $(ARGS)
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check src tests
+
+tensorboard: install  ## serve every run under outputs/ and multirun/ on http://127.0.0.1:6006
+	mkdir -p outputs multirun
+	$(VENV)/bin/tensorboard --logdir_spec outputs:outputs,multirun:multirun --host 127.0.0.1 --port 6006
+
+clean:  ## remove generated data, runs and caches (keeps .venv)
+	rm -rf data/demo outputs multirun lightning_logs .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""foodnet: transfer-learning image classifier from txt manifests."""

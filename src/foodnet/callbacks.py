@@ -1,0 +1,26 @@
+"""Small Lightning callbacks: a one-line summary per epoch, like the seed prints."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+
+SUMMARY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
+
+
+class EpochSummary(L.Callback):
+    """Print epoch number, losses, accuracies and wall time once each epoch ends."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        # Runs after validation, so val/* of this epoch are in callback_metrics.
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"{key} {float(metrics[key]):.4f}" for key in SUMMARY_KEYS if key in metrics]
+        seconds = time.perf_counter() - getattr(self, "_start", time.perf_counter())
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  " + "  ".join(parts)
+              + f"  ({seconds:.1f}s)", flush=True)

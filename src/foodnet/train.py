@@ -1,0 +1,78 @@
+"""Train a classifier: `python -m foodnet.train [hydra overrides]`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from foodnet.data import FoodDataModule
+from foodnet.manifest import ManifestError
+from foodnet.model import WeightsError, create_model
+from foodnet.module import FoodClassifier
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# Errors that are the user's to fix: print the message, not a traceback.
+USER_ERRORS = (ManifestError, WeightsError, ValueError, FileNotFoundError)
+
+
+def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
+    """Instantiate the datamodule, the LightningModule and the Trainer from a composed config."""
+    datamodule: FoodDataModule = instantiate(cfg.data)
+    net = create_model(cfg.model.arch, cfg.model.num_classes, cfg.model.weights, cfg.model.freeze)
+    module = FoodClassifier(net, optimizer=instantiate(cfg.model.optimizer),
+                            class_names=datamodule.class_names)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, module, trainer
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, test the best checkpoint when a test manifest is given, write metrics.json."""
+    run_dir = Path(cfg.paths.output_dir)
+    print(f"run dir: {run_dir}", flush=True)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint else ""
+    test_acc = None
+    if cfg.data.get("test_manifest"):
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
+        test_acc = float(results[0]["test/acc"])
+    best_score = checkpoint.best_model_score if checkpoint else None
+    metrics = {
+        "best_val_acc": float(best_score) if best_score is not None else None,
+        "test_acc": test_acc,
+        "epochs": trainer.current_epoch,
+        "run_dir": str(run_dir),
+        "best_checkpoint": best_path or None,
+        "last_checkpoint": str(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint else None,
+    }
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(json.dumps(metrics, indent=2), flush=True)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    # Returned to Hydra so that sweepers can optimise it.
+    return metrics["best_val_acc"]
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from foodnet.model import TransferNet
+from foodnet.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -20,14 +21,17 @@ class FoodClassifier(L.LightningModule):
     """Trains a TransferNet; frozen parts stay in eval mode so BatchNorm statistics never drift."""
 
     def __init__(self, net: TransferNet, optimizer: OptimizerFactory = torch.optim.Adam,
-                 class_names: list[str] | None = None):
+                 class_names: list[str] | None = None, image_size: int | None = None,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
         self.class_names = list(class_names) if class_names else None
-        # Plain values only, so checkpoints load with weights_only=True.
+        # Plain values only, so checkpoints load with weights_only=True; they are what
+        # evaluate/predict/export need to rebuild the network and its preprocessing.
         self.save_hyperparameters({"arch": net.arch, "num_classes": net.num_classes,
-                                   "class_names": self.class_names})
+                                   "class_names": self.class_names, "image_size": image_size,
+                                   "mean": list(mean), "std": list(std)})
         self.loss_fn = nn.CrossEntropyLoss()
         num_classes = net.num_classes
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")

@@ -26,7 +26,7 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
     datamodule: FoodDataModule = instantiate(cfg.data)
     net = create_model(cfg.model.arch, cfg.model.num_classes, cfg.model.weights, cfg.model.freeze)
     module = FoodClassifier(net, optimizer=instantiate(cfg.model.optimizer),
-                            class_names=datamodule.class_names)
+                            class_names=datamodule.class_names, image_size=cfg.data.image_size)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,0 +1,72 @@
+"""Load a foodnet checkpoint safely (weights_only=True) into a TransferNet and its metadata."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from foodnet.model import TransferNet, create_model
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unsafe, truncated or not foodnet's; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a checkpoint says about its network and the preprocessing it expects."""
+
+    arch: str
+    num_classes: int
+    class_names: list[str]
+    image_size: int | None
+    mean: list[float]
+    std: list[float]
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True: tensors and plain values only, no code runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise CheckpointError(
+                f"{path}: refused: the file holds pickled Python objects, which could run code "
+                "when loaded. foodnet checkpoints store plain values only; re-save it with "
+                "plain hyperparameters if you trust its origin") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or foreign "
+                              f"({err})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint \
+            or "arch" not in (checkpoint.get("hyper_parameters") or {}):
+        raise CheckpointError(f"{path}: not a foodnet checkpoint (no state_dict and arch)")
+    return checkpoint
+
+
+def model_info(checkpoint: dict) -> ModelInfo:
+    hp = checkpoint["hyper_parameters"]
+    num_classes = int(hp["num_classes"])
+    names = hp.get("class_names") or [str(i) for i in range(num_classes)]
+    return ModelInfo(arch=hp["arch"], num_classes=num_classes, class_names=list(names),
+                     image_size=hp.get("image_size"), mean=list(hp["mean"]), std=list(hp["std"]))
+
+
+def load_model(path: str | Path) -> tuple[TransferNet, ModelInfo]:
+    """Rebuild the trained network from a checkpoint, in eval mode."""
+    checkpoint = read_checkpoint(path)
+    info = model_info(checkpoint)
+    net = create_model(info.arch, info.num_classes, weights=None, freeze=True)
+    state = {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()
+             if key.startswith("net.")}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit {info.arch} ({err})") from None
+    return net.eval(), info

@@ -54,6 +54,8 @@ def tiny_overrides(data: dict[str, Path], **extra) -> list[str]:
 
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
+    # Subprocesses run from tmp dirs: import this checkout's foodnet, whatever is installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("HYDRA_FULL_ERROR", "0")
     return env

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from foodnet.manifest import ManifestError, read_classes, read_manifest
+from foodnet.manifest import ManifestError, read_classes, read_manifest, scan_manifest
 
 
 def write(tmp_path: Path, text: str, name: str = "m.txt", encoding="utf-8") -> Path:
@@ -68,3 +68,12 @@ def test_classes_file(tmp_path):
         read_classes(write(tmp_path, "pizza\n\nsushi\n", "c2.txt"))
     with pytest.raises(ManifestError, match="duplicate"):
         read_classes(write(tmp_path, "pizza\npizza\n", "c3.txt"))
+
+
+def test_binary_manifest_is_named_not_a_traceback(tmp_path):
+    m = tmp_path / "photo.jpg"
+    m.write_bytes(b"\xff\xd8\xff\xe0 a JPEG passed as the manifest")
+    with pytest.raises(ManifestError, match=rf"{m}: not a UTF-8 text file"):
+        read_manifest(m)
+    samples, problems = scan_manifest(m)
+    assert samples == [] and [str(p) for p in problems][0].startswith(f"{m}: not a UTF-8")

@@ -1,24 +1,43 @@
-"""Open any image file as an 8-bit RGB PIL image."""
+"""Open any image file as an 8-bit RGB PIL image, or fail with a reason that names the file.
+
+Decompression bombs: PIL warns (DecompressionBombWarning) between 1x and 2x
+`PIL.Image.MAX_IMAGE_PIXELS` and raises above 2x. foodnet treats both as an error, so that a
+huge image never silently eats a worker's memory; raise `PIL.Image.MAX_IMAGE_PIXELS` (or set it
+to None) in your own code if your images are genuinely that large.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Transparent pixels are composited onto this background (white, like a photo print).
 BACKGROUND = (255, 255, 255)
 
 
 class ImageLoadError(OSError):
-    """An image file cannot be decoded; the message names the file."""
+    """An image file cannot be decoded; the message names the file (and its manifest line)."""
+
+    def __init__(self, reason: str, path: str | Path | None = None, where: str | None = None):
+        if path is None:
+            message = reason
+        elif where is None:
+            message = f"{path}: {reason}"
+        else:  # the manifest problem format: MANIFEST:LINE: message (path)
+            message = f"{where}: {reason} ({path})"
+        # One positional arg, so that pickling and DataLoader's worker re-raise rebuild it.
+        super().__init__(message)
+        self.reason = reason
+        self.path = None if path is None else str(path)
+        self.where = where
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB without losing range or transparency semantics."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 0..255 by the real bit depth instead of clipping.
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grayscale: scale to 0..255 by the real bit depth instead of clipping to white.
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -29,24 +48,52 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8), mode="L")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("LA", "La", "PA"):
+    if image.mode in ("LA", "PA", "RGBa"):
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "RGBa"):
+    if image.mode == "RGBA":
         background = Image.new("RGB", image.size, BACKGROUND)
         background.paste(image, mask=image.getchannel("A"))
         return background
     return image.convert("RGB")
 
 
+def _check_pixels(image: Image.Image) -> None:
+    """PIL only warns between 1x and 2x its limit; make that an error too (see the docstring)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = image.width * image.height
+    if limit and pixels > limit:
+        raise ImageLoadError(
+            f"decompression bomb: {image.width}x{image.height} = {pixels} pixels exceeds "
+            f"PIL.Image.MAX_IMAGE_PIXELS={limit} (raise it if the image is genuine)")
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file (first frame, EXIF orientation applied) as RGB."""
+    """Decode an image file (first frame, EXIF orientation applied) as RGB.
+
+    Raises ImageLoadError whose `reason` says what is wrong: file not found, empty file,
+    not an image, truncated or corrupt, decompression bomb.
+    """
+    path = Path(path)
     try:
+        if path.stat().st_size == 0:
+            raise ImageLoadError("empty file (0 bytes)", path)
         with Image.open(path) as image:
+            _check_pixels(image)
             image.seek(0)  # animated GIF / multi-page TIFF: the first frame
             image = ImageOps.exif_transpose(image)
             image.load()
             return to_rgb(image)
+    except ImageLoadError as err:
+        raise ImageLoadError(err.reason, path) from None
     except FileNotFoundError:
-        raise ImageLoadError(f"{path}: file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageLoadError(f"{path}: cannot decode image ({err})") from err
+        raise ImageLoadError("file not found", path) from None
+    except (IsADirectoryError, NotADirectoryError):
+        raise ImageLoadError("not a file", path) from None
+    except PermissionError as err:
+        raise ImageLoadError(f"cannot read file ({err.strerror})", path) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageLoadError(f"decompression bomb: {err}", path) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError("not an image (no image format recognises this file)", path) from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
+        raise ImageLoadError(f"truncated or undecodable image ({err})", path) from err

@@ -24,37 +24,109 @@ class Sample:
         return f"{self.source}:{self.line}"
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest, printed as `MANIFEST:LINE: message (path)`.
+
+    scope: "manifest" (the whole file), "line" (syntax or label) or "image" (the file it names).
+    """
+
+    source: Path
+    line: int | None
+    message: str
+    path: Path | str | None = None
+    severity: str = "error"  # or "warning"
+    scope: str = "line"
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line is not None else f"{self.source}"
+        message = f"warning: {self.message}" if self.severity == "warning" else self.message
+        return f"{where}: {message}" + (f" ({self.path})" if self.path is not None else "")
+
+
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found (check the path; relative paths are "
                             "resolved against the current directory)")
     # utf-8-sig drops a BOM; splitlines() accepts \n, \r\n and \r.
-    return path.read_text(encoding="utf-8-sig").splitlines()
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start}); "
+                            "a manifest is text, one 'image_path label' per line") from None
 
 
-def parse_line(text: str, source: Path, line: int) -> Sample | None:
-    """Parse one manifest line; None for blank and comment lines."""
+def _parse(text: str, source: Path, line: int) -> Sample | Problem | None:
     stripped = text.strip()
     if not stripped or stripped.startswith("#"):
         return None
     # The label is the last field; everything before it is the path, spaces included.
     parts = stripped.rsplit(maxsplit=1)
     if len(parts) < 2:
-        raise ManifestError(
-            f"{source}:{line}: expected 'image_path label', got one field {stripped!r}")
+        return Problem(source, line, f"expected 'image_path label', got one field {stripped!r}")
     raw_path, raw_label = parts
-    try:
-        label = int(raw_label)
-    except ValueError:
-        raise ManifestError(
-            f"{source}:{line}: label {raw_label!r} is not an integer "
-            "(labels are class indices 0..N-1; names go in classes.txt)") from None
-    if label < 0:
-        raise ManifestError(f"{source}:{line}: label {label} is negative")
     image = Path(raw_path.strip())
     if not image.is_absolute():
         image = source.parent / image
+    try:
+        label = int(raw_label)
+    except ValueError:
+        return Problem(source, line, f"label {raw_label!r} is not an integer "
+                       "(labels are class indices 0..N-1; names go in classes.txt)", image)
+    if label < 0:
+        return Problem(source, line, f"label {label} is negative", image)
     return Sample(path=image, label=label, source=source, line=line)
+
+
+def parse_line(text: str, source: Path, line: int) -> Sample | None:
+    """Parse one manifest line; None for blank and comment lines; ManifestError if malformed."""
+    result = _parse(text, source, line)
+    if isinstance(result, Problem):
+        raise ManifestError(str(result))
+    return result
+
+
+def _out_of_range(sample: Sample, num_classes: int) -> Problem:
+    return Problem(sample.source, sample.line,
+                   f"label {sample.label} is out of range for {num_classes} classes "
+                   "(set model.num_classes or fix the label)", sample.path)
+
+
+def scan_manifest(path: str | Path,
+                  num_classes: int | None = None) -> tuple[list[Sample], list[Problem]]:
+    """Parse every line, collecting every problem instead of stopping at the first.
+
+    Returns the well-formed samples (labels in range) and the problems: errors for bad lines,
+    an empty or missing manifest; warnings for duplicate lines and images listed twice.
+    """
+    source = Path(path)
+    try:
+        lines = _read_lines(source)
+    except ManifestError as err:
+        return [], [Problem(source, None, str(err).removeprefix(f"{source}: "), scope="manifest")]
+    samples: list[Sample] = []
+    problems: list[Problem] = []
+    first_seen: dict[Path, Sample] = {}
+    for number, text in enumerate(lines, start=1):
+        result = _parse(text, source, number)
+        if result is None:
+            continue
+        if isinstance(result, Problem):
+            problems.append(result)
+            continue
+        if num_classes is not None and result.label >= num_classes:
+            problems.append(_out_of_range(result, num_classes))
+            continue
+        earlier = first_seen.setdefault(result.path, result)
+        if earlier is not result:
+            message = (f"duplicate of line {earlier.line}" if earlier.label == result.label else
+                       f"same image as line {earlier.line} but label {result.label} there "
+                       f"{earlier.label}")
+            problems.append(Problem(source, number, message, result.path, severity="warning"))
+        samples.append(result)
+    if not samples and not any(p.severity == "error" for p in problems):
+        problems.append(Problem(source, None, "manifest has no samples", scope="manifest"))
+    return samples, problems
 
 
 def read_manifest(path: str | Path, num_classes: int | None = None) -> list[Sample]:
@@ -66,9 +138,7 @@ def read_manifest(path: str | Path, num_classes: int | None = None) -> list[Samp
         if sample is None:
             continue
         if num_classes is not None and sample.label >= num_classes:
-            raise ManifestError(
-                f"{sample.where}: label {sample.label} is out of range for {num_classes} classes "
-                "(set model.num_classes or fix the label)")
+            raise ManifestError(str(_out_of_range(sample, num_classes)))
         samples.append(sample)
     if not samples:
         raise ManifestError(f"{source}: manifest has no samples")

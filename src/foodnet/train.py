@@ -12,13 +12,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from foodnet.data import FoodDataModule
+from foodnet.images import ImageLoadError
 from foodnet.manifest import ManifestError
 from foodnet.model import WeightsError, create_model
 from foodnet.module import FoodClassifier
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # Errors that are the user's to fix: print the message, not a traceback.
-USER_ERRORS = (ManifestError, WeightsError, ValueError, FileNotFoundError)
+USER_ERRORS = (ManifestError, WeightsError, ValueError, FileNotFoundError, ImageLoadError)
 
 
 def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
@@ -55,6 +56,9 @@ def train(cfg: DictConfig) -> dict:
         "run_dir": str(run_dir),
         "best_checkpoint": best_path or None,
         "last_checkpoint": str(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint else None,
+        # data.on_bad_image=skip: every image left out, as "MANIFEST:LINE: reason (path)".
+        "skipped_images": len(datamodule.skipped),
+        "skipped": [str(item) for item in datamodule.skipped.values()],
     }
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,65 @@
-"""Data tools: `python -m foodnet.data {demo} ...`."""
+"""Data tools: `python -m foodnet.data {check,from-folder,demo} ...`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
+from foodnet.data.check import check_manifest, default_workers, format_problems
 from foodnet.data.demo import make_demo_dataset
+from foodnet.data.folder import from_folder
+from foodnet.manifest import ManifestError, read_classes
+
+
+def _check(args: argparse.Namespace) -> int:
+    class_names = None
+    if args.classes:
+        try:
+            class_names = read_classes(args.classes)
+        except ManifestError as err:
+            print(f"{err}", file=sys.stderr)
+            return 1
+        if args.num_classes is not None and args.num_classes != len(class_names):
+            print(f"{args.classes}: lists {len(class_names)} classes but --num-classes "
+                  f"{args.num_classes}; make them agree", file=sys.stderr)
+            return 1
+    if args.num_classes is not None and args.num_classes < 1:
+        print(f"--num-classes {args.num_classes} must be positive", file=sys.stderr)
+        return 1
+    errors = warnings = 0
+    start = time.perf_counter()
+    for manifest in args.manifests:
+        report = check_manifest(manifest, args.num_classes, class_names,
+                                decode=not args.quick, workers=args.workers)
+        print(report.summary())
+        if report.problems:
+            print(format_problems(report.problems, limit=None))
+        errors += len(report.errors)
+        warnings += len(report.warnings)
+    seconds = time.perf_counter() - start
+    print(f"{errors} error(s), {warnings} warning(s) in {len(args.manifests)} manifest(s) "
+          f"({seconds:.1f}s)")
+    return 1 if errors else 0
+
+
+def _from_folder(args: argparse.Namespace) -> int:
+    try:
+        result = from_folder(args.root, args.out, args.val_fraction, args.test_fraction,
+                             args.seed)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(result.class_names)} classes: {', '.join(result.class_names)}")
+    for name, path in result.files.items():
+        count = f" ({len(result.rows[name])} images)" if name in result.rows else ""
+        print(f"{name}: {path}{count}")
+    print(f"skipped {len(result.skipped)} non-image file(s)")
+    for path in result.skipped[:10]:
+        print(f"  {path}")
+    if len(result.skipped) > 10:
+        print(f"  ... and {len(result.skipped) - 10} more")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -18,6 +72,31 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m foodnet.data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser(
+        "check", help="validate manifests and decode every image; exit 1 on any error",
+        description="Print a summary and every problem as MANIFEST:LINE: message (path). "
+                    "Exit 0 when clean or only warnings, 1 on any error.")
+    check.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    check.add_argument("--classes", help="classes.txt: also checks labels < number of classes")
+    check.add_argument("--num-classes", type=int, help="labels must be below this")
+    check.add_argument("--quick", action="store_true",
+                       help="only check that files exist and are non-empty (no decoding)")
+    check.add_argument("--workers", type=int, default=default_workers(),
+                       help="decoding threads (default: %(default)s)")
+    check.set_defaults(run=_check)
+
+    folder = commands.add_parser(
+        "from-folder", help="write manifests and classes.txt from ROOT/<class>/<images>",
+        description="Stratified, deterministic split of a class-per-folder tree; classes in "
+                    "sorted order; files without an image extension are skipped and counted.")
+    folder.add_argument("root", metavar="ROOT")
+    folder.add_argument("--out", required=True, help="folder for the manifests and classes.txt")
+    folder.add_argument("--val-fraction", type=float, default=0.1)
+    folder.add_argument("--test-fraction", type=float, default=0.1)
+    folder.add_argument("--seed", type=int, default=0)
+    folder.set_defaults(run=_from_folder)
+
     demo = commands.add_parser("demo", help="write the synthetic 20-class demo dataset")
     demo.add_argument("--out", required=True, help="folder for images/, manifests and classes.txt")
     demo.add_argument("--seed", type=int, default=0)

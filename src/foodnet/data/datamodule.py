@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -9,9 +10,19 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from foodnet.data.dataset import ManifestDataset
-from foodnet.manifest import ManifestError, read_classes, read_manifest
+from foodnet.data.check import MAX_REPORTED, check_manifest, format_problems, raise_for_errors
+from foodnet.data.dataset import (
+    BAD_IMAGE_POLICIES,
+    BadImage,
+    ManifestDataset,
+    SkippingLoader,
+    record_skip,
+)
+from foodnet.manifest import ManifestError, read_classes
 from foodnet.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+VALIDATE_MODES = ("quick", "full")
 
 
 def auto_num_workers() -> int:
@@ -29,8 +40,15 @@ class FoodDataModule(L.LightningDataModule):
     def __init__(self, train_manifest: str | Path | None, val_manifest: str | Path | None,
                  test_manifest: str | Path | None = None, classes: str | Path | None = None,
                  num_classes: int | None = None, image_size: int = 256, augment: bool = True,
-                 batch_size: int = 64, num_workers: int | str = "auto"):
+                 batch_size: int = 64, num_workers: int | str = "auto",
+                 on_bad_image: str = "error", validate: str = "quick"):
         super().__init__()
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"data.on_bad_image={on_bad_image!r}: expected one of "
+                             f"{', '.join(BAD_IMAGE_POLICIES)}")
+        if validate not in VALIDATE_MODES:
+            raise ValueError(f"data.validate={validate!r}: expected one of "
+                             f"{', '.join(VALIDATE_MODES)}")
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size} must be positive")
         if image_size < 8:
@@ -45,31 +63,51 @@ class FoodDataModule(L.LightningDataModule):
         self.augment = augment
         self.batch_size = batch_size
         self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
+        self.on_bad_image = on_bad_image
+        self.validate = validate
         self.datasets: dict[str, ManifestDataset] = {}
-
-    def _dataset(self, split: str) -> ManifestDataset | None:
-        path = self.manifests[split]
-        if path is None:
-            return None
-        samples = read_manifest(path, num_classes=self.num_classes)
-        transform = (train_transform(self.image_size, self.augment) if split == "train"
-                     else eval_transform(self.image_size))
-        return ManifestDataset(samples, transform)
+        # Every image skipped under on_bad_image=skip, by MANIFEST:LINE (train.py reports them).
+        self.skipped: dict[str, BadImage] = {}
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
                   "predict": ("test",)}.get(stage, ("train", "val", "test"))
-        for split in wanted:
-            if split not in self.datasets and self.manifests[split] is not None:
-                self.datasets[split] = self._dataset(split)
+        todo = [s for s in wanted if s not in self.datasets and self.manifests[s] is not None]
+        # Validate every manifest before building any dataset, so that all problems of all
+        # splits are reported at once, before the first epoch.
+        reports = {}
+        for split in todo:
+            reports[split] = check_manifest(self.manifests[split], self.num_classes,
+                                            self.class_names, decode=self.validate == "full")
+        if self.on_bad_image == "skip":
+            # Unreadable images (missing, empty, undecodable) are skipped; bad lines still stop.
+            for report in reports.values():
+                for problem in report.errors:
+                    if problem.scope == "image":
+                        where = f"{problem.source}:{problem.line}"
+                        record_skip(self.skipped, BadImage(where, str(problem.path),
+                                                           problem.message))
+                report.problems = [p for p in report.problems if p.scope != "image"]
+        raise_for_errors(reports.values())
+        notes = [p for report in reports.values() for p in report.warnings]
+        if notes:
+            log.warning("data warnings:\n%s", format_problems(notes, MAX_REPORTED))
+        for split, report in reports.items():
+            samples = [s for s in report.samples if s.where not in self.skipped]
+            if not samples:
+                raise ManifestError(f"{report.manifest}: every image was skipped, none is left")
+            transform = (train_transform(self.image_size, self.augment) if split == "train"
+                         else eval_transform(self.image_size))
+            self.datasets[split] = ManifestDataset(samples, transform)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise ValueError(f"no {split} data: set data.{split}_manifest")
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        return SkippingLoader(self.datasets[split], on_bad_image=self.on_bad_image,
+                              skipped=self.skipped, batch_size=self.batch_size, shuffle=shuffle,
+                              num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0,
+                              pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -1,14 +1,46 @@
-"""A Dataset over manifest samples: decode as RGB, transform, return (image, label)."""
+"""A Dataset over manifest samples (decode as RGB, transform) and a loader that skips bad images.
+
+Bad images and DataLoader workers: a worker is a separate process, so a counter kept in the
+dataset never reaches the main process. SkippingLoader therefore has its workers return a
+BadImage record in place of a sample that fails to decode; `collate_skipping` drops it from the
+batch and carries it along, and SkippingLoader, in the main process, applies the policy: raise a
+clean ImageLoadError naming the manifest line and the path, or log it once, count it and go on.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from foodnet.images import ImageLoadError, load_rgb
 from foodnet.manifest import Sample
+
+log = logging.getLogger(__name__)
+
+BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class BadImage:
+    """An image that failed to load, with its manifest line: travels with the batch."""
+
+    where: str  # MANIFEST:LINE
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason} ({self.path})"
+
+
+def record_skip(skipped: dict[str, BadImage], item: BadImage) -> None:
+    """Remember a skipped image by its manifest line and log it the first time only."""
+    if item.where not in skipped:
+        skipped[item.where] = item
+        log.warning("skipped bad image: %s", item)
 
 
 class ManifestDataset(Dataset):
@@ -30,7 +62,73 @@ class ManifestDataset(Dataset):
         try:
             image = load_rgb(sample.path)
         except ImageLoadError as err:
-            raise ImageLoadError(f"{sample.where}: {err}") from None
+            raise ImageLoadError(err.reason, sample.path, where=sample.where) from None
         if self.transform is not None:
-            image = self.transform(image)
+            try:
+                image = self.transform(image)
+            except Exception as err:
+                # A transform bug is not bad data: never skipped, but it still names the image.
+                raise RuntimeError(f"{sample.where}: transform failed on {sample.path} "
+                                   f"({type(err).__name__}: {err})") from err
         return image, sample.label
+
+
+class _MarkBadImages(Dataset):
+    """Returns a BadImage where the wrapped dataset raises ImageLoadError (runs in workers)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except ImageLoadError as err:
+            return BadImage(err.where or "?", err.path or "?", err.reason)
+
+
+def collate_skipping(items: list) -> tuple[torch.Tensor, torch.Tensor, list[BadImage]]:
+    """default_collate of the good samples, plus the BadImages that were dropped."""
+    bad = [item for item in items if isinstance(item, BadImage)]
+    good = [item for item in items if not isinstance(item, BadImage)]
+    if not good:  # an all-bad batch: empty, SkippingLoader never yields it
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
+    images, labels = default_collate(good)
+    return images, labels, bad
+
+
+class SkippingLoader(DataLoader):
+    """A DataLoader over a ManifestDataset that applies the bad-image policy in the main process
+    and yields plain (images, labels) batches, never empty ones."""
+
+    def __init__(self, dataset: ManifestDataset, on_bad_image: str = "error",
+                 skipped: dict[str, BadImage] | None = None, **kwargs):
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"data.on_bad_image={on_bad_image!r}: expected one of "
+                             f"{', '.join(BAD_IMAGE_POLICIES)}")
+        kwargs.setdefault("collate_fn", collate_skipping)
+        if isinstance(dataset, _MarkBadImages):  # Lightning re-creates loaders from .dataset
+            dataset = dataset.dataset
+        super().__init__(_MarkBadImages(dataset), **kwargs)
+        self.on_bad_image = on_bad_image
+        # Shared with the owner (FoodDataModule): MANIFEST:LINE -> BadImage, in order seen.
+        self.skipped = skipped if skipped is not None else {}
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        failed = None
+        for images, labels, bad in super().__iter__():
+            if bad and self.on_bad_image == "error":
+                failed = bad[0]
+                break
+            for item in bad:
+                record_skip(self.skipped, item)
+            if len(labels):
+                yield images, labels
+        if failed is not None:
+            # Raised after the loop has let go of the worker iterator, so that its workers shut
+            # down now rather than whenever the garbage collector reaches the traceback.
+            raise ImageLoadError(
+                f"{failed.reason}; set data.on_bad_image=skip to train without it",
+                failed.path, where=failed.where)

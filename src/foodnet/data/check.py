@@ -1,0 +1,171 @@
+"""Validate manifests and their images: `python -m foodnet.data check`, and training's setup.
+
+Two depths:
+- quick: parse every line, check every image file exists and is not empty (a stat per file);
+- full: also decode every image exactly as training does (in parallel threads: PIL releases the
+  GIL while decoding), and measure its size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from foodnet.images import ImageLoadError, load_rgb
+from foodnet.manifest import ManifestError, Problem, Sample, scan_manifest
+
+# Training setup prints at most this many problems, then a count of the rest.
+MAX_REPORTED = 20
+
+
+@dataclass
+class Report:
+    """Everything found in one manifest."""
+
+    manifest: Path
+    samples: list[Sample]
+    problems: list[Problem]
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    sizes: dict[Path, tuple[int, int]] = field(default_factory=dict)  # decoded images: (w, h)
+    decoded: bool = False
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def bad_samples(self) -> set[tuple[Path, int]]:
+        """(manifest, line) of the samples whose image has an error."""
+        return {(p.source, p.line) for p in self.errors if p.scope == "image"}
+
+    def good_samples(self) -> list[Sample]:
+        bad = self.bad_samples()
+        return [s for s in self.samples if (s.source, s.line) not in bad]
+
+    def summary(self) -> str:
+        counts = Counter(s.label for s in self.samples)
+        lines = [f"{self.manifest}: {len(self.samples)} images listed"
+                 + (f", {len(self.good_samples())} readable" if self.samples else "")]
+        if not counts:
+            return lines[0]
+        labels = range(self.num_classes) if self.num_classes else sorted(counts)
+        lines.append(f"  classes: {len(counts)} with samples"
+                     + (f" of {self.num_classes}" if self.num_classes else ""))
+        for label in labels:
+            name = self.class_names[label] if self.class_names and label < len(
+                self.class_names) else ""
+            lines.append(f"  {label:>5} {name:<24} {counts.get(label, 0):>7}")
+        most, least = max(counts.values()), min(counts.values())
+        lines.append(f"  class imbalance (max/min over classes with samples): "
+                     f"{most}/{least} = {most / least:.2f}")
+        if self.sizes:
+            widths = [w for w, _ in self.sizes.values()]
+            heights = [h for _, h in self.sizes.values()]
+            lines.append(f"  image size: width {min(widths)}..{max(widths)} px, "
+                         f"height {min(heights)}..{max(heights)} px")
+        return "\n".join(lines)
+
+
+def _stat_problem(sample: Sample) -> Problem | None:
+    """The quick check: the file exists, is a file, and is not empty."""
+    try:
+        stat = sample.path.stat()
+    except FileNotFoundError:
+        reason = "file not found"
+    except OSError as err:
+        reason = f"cannot read file ({err.strerror})"
+    else:
+        if not sample.path.is_file():
+            reason = "not a file"
+        elif stat.st_size == 0:
+            reason = "empty file (0 bytes)"
+        else:
+            return None
+    return Problem(sample.source, sample.line, reason, sample.path, scope="image")
+
+
+def _decode(path: Path) -> tuple[int, int] | ImageLoadError:
+    try:
+        return load_rgb(path).size
+    except ImageLoadError as err:
+        return err
+
+
+def default_workers() -> int:
+    return min(32, (os.cpu_count() or 1) * 2)
+
+
+def check_manifest(path: str | Path, num_classes: int | None = None,
+                   class_names: list[str] | None = None, decode: bool = True,
+                   workers: int | None = None) -> Report:
+    """Validate every line of one manifest and its images (quick when decode=False)."""
+    if class_names is not None:
+        num_classes = num_classes or len(class_names)
+    samples, problems = scan_manifest(path, num_classes)
+    report = Report(Path(path), samples, problems, num_classes, class_names, decoded=decode)
+    # Each file is checked once even when several lines list it.
+    first: dict[Path, Sample] = {}
+    for sample in samples:
+        first.setdefault(sample.path, sample)
+    failed: dict[Path, str] = {}
+    for file, sample in first.items():
+        problem = _stat_problem(sample)
+        if problem is not None:
+            failed[file] = problem.message
+    if decode:
+        todo = [file for file in first if file not in failed]
+        with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+            for file, result in zip(todo, pool.map(_decode, todo), strict=True):
+                if isinstance(result, ImageLoadError):
+                    failed[file] = result.reason
+                else:
+                    report.sizes[file] = result
+    for sample in samples:
+        if sample.path in failed:
+            problems.append(Problem(sample.source, sample.line, failed[sample.path], sample.path,
+                                    scope="image"))
+    if num_classes:
+        present = {s.label for s in samples}
+        empty = [label for label in range(num_classes) if label not in present]
+        if empty and samples:
+            named = [f"{label} ({class_names[label]})" if class_names else str(label)
+                     for label in empty]
+            problems.append(Problem(report.manifest, None,
+                                    f"{len(empty)} of {num_classes} classes have no samples: "
+                                    + ", ".join(named[:MAX_REPORTED])
+                                    + (", ..." if len(named) > MAX_REPORTED else ""),
+                                    severity="warning", scope="manifest"))
+    problems.sort(key=lambda p: (p.line or 0, p.severity))
+    return report
+
+
+def format_problems(problems: list[Problem], limit: int | None = MAX_REPORTED) -> str:
+    """One problem per line; after `limit` of them, a count of the rest."""
+    shown = problems if limit is None else problems[:limit]
+    lines = [str(p) for p in shown]
+    if len(problems) > len(shown):
+        lines.append(f"... and {len(problems) - len(shown)} more")
+    return "\n".join(lines)
+
+
+def raise_for_errors(reports: Iterable[Report]) -> None:
+    """Raise one ManifestError that lists every error of every report (capped)."""
+    reports = list(reports)
+    errors = [p for r in reports for p in r.errors]
+    if not errors:
+        return
+    if len(errors) == 1:
+        raise ManifestError(str(errors[0]))
+    manifests = " ".join(str(r.manifest) for r in reports if r.errors)
+    raise ManifestError(
+        f"{len(errors)} problems in the data; fix them, then train again "
+        f"(the full list: python -m foodnet.data check {manifests}):\n"
+        + format_problems(errors))

@@ -10,7 +10,8 @@ from conftest import CONFIG_DIR, checkpoint_probs, subprocess_env
 from PIL import Image
 
 from foodnet.checkpoint import CheckpointError, load_model
-from foodnet.evaluate import evaluate
+from foodnet.evaluate import evaluate, user_message
+from foodnet.images import ImageLoadError
 from foodnet.manifest import read_manifest
 
 
@@ -98,3 +99,17 @@ def test_missing_inputs_name_the_fix(tiny_data, tmp_path):
                               tmp_path))
     with pytest.raises(ValueError, match="set data.test_manifest="):
         evaluate(compose_eval(quiet(ckpt_path=missing), tmp_path))
+
+
+def test_unreadable_image_stops_with_its_manifest_line(tiny_data, tiny_checkpoint, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    manifest = tmp_path / "test.txt"
+    manifest.write_text(f"{tiny_data['test'].parent / 'images/test/red-disk_000.jpg'} 0\n{bad} 3\n")
+    # A loader worker re-raises with its traceback in the message; the user sees one line.
+    cfg = compose_eval(quiet(ckpt_path=tiny_checkpoint, **{"data.test_manifest": manifest,
+                                                           "data.num_workers": 1}), tmp_path)
+    with pytest.raises(ImageLoadError) as caught:
+        evaluate(cfg)
+    assert user_message(caught.value) == (f"{manifest}:2: {bad}: cannot decode image "
+                                          f"(cannot identify image file '{bad}')")

@@ -175,6 +175,9 @@ def evaluate(cfg: DictConfig) -> dict:
     evaluator = Evaluator(net)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     trainer.test(evaluator, dataloaders=loader, verbose=False)
+    if len(evaluator.labels) != len(samples):
+        raise ValueError(f"evaluated {len(evaluator.labels)} of {len(samples)} images: drop "
+                         "trainer.limit_test_batches / fast_dev_run, the report covers all")
     report = {"checkpoint": str(cfg.ckpt_path), "test_manifest": str(cfg.data.test_manifest),
               "image_size": int(image_size),
               **build_report(evaluator.probs, evaluator.labels, class_names)}
@@ -191,12 +194,20 @@ def evaluate(cfg: DictConfig) -> dict:
     return report
 
 
+def user_message(err: Exception) -> str:
+    text = str(err).strip()
+    # A DataLoader worker re-raises with its traceback in the message: its last line is the error.
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> float:
     try:
         report = evaluate(cfg)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print(f"error: {user_message(err)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     return report["test_acc"]
 

@@ -14,15 +14,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from foodnet.checkpoint import CheckpointError, load_model
 from foodnet.inference import (
     EXPORT_FORMATS,
     ModelFileError,
-    probability_model,
     require_image_size,
     sidecar_path,
 )
+from foodnet.model import TransferNet
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
@@ -31,6 +32,11 @@ OUTPUT_NAME = "probs"
 ONNX_OPSET = 17
 # Batch size of the example input the model is traced with; the exported batch axis is dynamic.
 EXAMPLE_BATCH = 2
+
+
+def probability_model(net: TransferNet) -> nn.Module:
+    """The exported graph: the network followed by softmax, so outputs are probabilities."""
+    return nn.Sequential(net.backbone, net.head, nn.Softmax(dim=1)).eval()
 
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:

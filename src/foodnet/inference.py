@@ -42,10 +42,13 @@ def read_sidecar(model: str | Path) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ModelFileError(f"{path}: cannot read the export's preprocessing ({err})") from None
-    missing = {"format", *INFO_KEYS} - set(meta)
-    if missing or meta["format"] not in EXPORT_FORMATS:
-        raise ModelFileError(f"{path}: not a foodnet export sidecar (missing {sorted(missing)} or "
-                             f"unknown format); re-export with python -m foodnet.export")
+    missing = {"format", *INFO_KEYS} - set(meta) if isinstance(meta, dict) else {"everything"}
+    if missing:
+        raise ModelFileError(f"{path}: not a foodnet export sidecar (missing {sorted(missing)}); "
+                             "re-export with python -m foodnet.export")
+    if meta["format"] not in EXPORT_FORMATS:
+        raise ModelFileError(f"{path}: format {meta['format']!r} is not one of "
+                             f"{', '.join(EXPORT_FORMATS)}; re-export with foodnet.export")
     return meta
 
 
@@ -59,11 +62,6 @@ def require_image_size(info: ModelInfo, source: str | Path) -> int:
                              "save checkpoints with FoodClassifier(image_size=...), as "
                              "foodnet.train does")
     return int(info.image_size)
-
-
-def probability_model(net: nn.Module) -> nn.Module:
-    """The exported graph: the network followed by softmax, so outputs are probabilities."""
-    return nn.Sequential(net.backbone, net.head, nn.Softmax(dim=1)).eval()
 
 
 class Classifier(ABC):
@@ -118,6 +116,8 @@ class OnnxClassifier(Classifier):
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
     return torch.device(device)
 
 

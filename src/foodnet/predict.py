@@ -18,7 +18,6 @@ from typing import TextIO
 from foodnet.checkpoint import CheckpointError
 from foodnet.inference import (
     Classifier,
-    InputError,
     ModelFileError,
     collect_images,
     open_classifier,
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         classifier = open_classifier(args.model, device=args.device)
         paths = collect_images(args.inputs)
-    except (ModelFileError, CheckpointError, InputError) as err:
+    except (ModelFileError, CheckpointError, ValueError) as err:  # InputError is a ValueError
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     records = predict_records(classifier, paths, args.topk, args.batch_size)

@@ -59,3 +59,46 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("HYDRA_FULL_ERROR", "0")
     return env
+
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
+    """A real checkpoint: resnet18, random init, frozen backbone, head fitted 4 epochs at 32px:
+    confident, varied predictions (some right, most wrong), in a few seconds of CPU."""
+    from functools import partial
+
+    import lightning as L
+    import torch
+
+    from foodnet.data import FoodDataModule
+    from foodnet.model import create_model
+    from foodnet.module import FoodClassifier
+
+    L.seed_everything(0)
+    out = tmp_path_factory.mktemp("tiny_checkpoint")
+    datamodule = FoodDataModule(tiny_data["train"], tiny_data["val"], classes=tiny_data["classes"],
+                                image_size=32, augment=False, batch_size=16, num_workers=0)
+    net = create_model("resnet18", num_classes=20, weights=None, freeze=True)
+    module = FoodClassifier(net, optimizer=partial(torch.optim.Adam, lr=0.05),
+                            class_names=datamodule.class_names, image_size=32)
+    trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        limit_val_batches=0, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=out)
+    trainer.fit(module, datamodule=datamodule)
+    trainer.save_checkpoint(out / "tiny.ckpt")
+    return out / "tiny.ckpt"
+
+
+def checkpoint_probs(checkpoint: Path, images: list[Path], image_size: int | None = None):
+    """Class probabilities computed by hand: load_model, the eval preset, softmax."""
+    import torch
+
+    from foodnet.checkpoint import load_model
+    from foodnet.images import load_rgb
+    from foodnet.transforms import eval_transform
+
+    net, info = load_model(checkpoint)
+    transform = eval_transform(image_size or info.image_size, info.mean, info.std)
+    with torch.no_grad():
+        return net(torch.stack([transform(load_rgb(p)) for p in images])).softmax(dim=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,11 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive; anything else (text, an image, a cut-off download)
+        # would otherwise surface as a misleading "weights only" unpickling refusal.
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or foreign "
+                              "(not a torch.save archive)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -1,0 +1,114 @@
+"""Predict classes of new photos: `python -m foodnet.predict MODEL INPUT... [--topk 5]`.
+
+MODEL is a training checkpoint (.ckpt) or an export (.onnx / TorchScript) with its sidecar JSON.
+INPUT is image files, folders (searched recursively) or .txt lists ("image_path [label]" lines).
+Exit status: 0 every image predicted, 1 some image could not be read (each one is reported on
+stderr and in the output, the others are predicted), 2 bad model, input or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from foodnet.checkpoint import CheckpointError
+from foodnet.inference import (
+    Classifier,
+    ModelFileError,
+    collect_images,
+    open_classifier,
+    predict_images,
+)
+
+CSV_COLUMNS = ("path", "rank", "label", "class", "prob", "error")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m foodnet.predict", description=__doc__.split("\n\n")[0],
+        epilog="exit status: 0 all predicted, 1 some image unreadable, 2 bad model/input/usage")
+    parser.add_argument("model", type=Path, help="a .ckpt checkpoint or an exported model")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (recursive) or .txt image lists")
+    parser.add_argument("--topk", type=positive_int, default=5,
+                        help="classes per image, most probable first (capped at the class count)")
+    parser.add_argument("--format", choices=("json", "csv"), default="json")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when available")
+    parser.add_argument("--out", type=Path, help="write here instead of stdout")
+    return parser.parse_args(argv)
+
+
+def predict_records(classifier: Classifier, paths: list[Path], topk: int,
+                    batch_size: int) -> list[dict]:
+    """One record per image: {"path", "predictions": [{"label", "class", "prob"}]} (+ "error")."""
+    names = classifier.info.class_names
+    k = min(topk, classifier.info.num_classes)
+    records = []
+    for prediction in predict_images(classifier, paths, batch_size):
+        record: dict = {"path": str(prediction.path), "predictions": []}
+        if prediction.error is not None:
+            print(f"error: {prediction.error}", file=sys.stderr, flush=True)
+            record["error"] = prediction.error
+        else:
+            probs, labels = prediction.probs.topk(k)
+            record["predictions"] = [
+                {"label": label, "class": names[label], "prob": prob}
+                for prob, label in zip(probs.tolist(), labels.tolist(), strict=True)]
+        records.append(record)
+    return records
+
+
+def write_csv(records: list[dict], stream: TextIO) -> None:
+    """Long format: one row per (image, rank); an unreadable image is one row with its error."""
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for record in records:
+        if "error" in record:
+            writer.writerow([record["path"], "", "", "", "", record["error"]])
+        for rank, p in enumerate(record["predictions"], start=1):
+            writer.writerow([record["path"], rank, p["label"], p["class"], f"{p['prob']:.6f}", ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        classifier = open_classifier(args.model, device=args.device)
+        paths = collect_images(args.inputs)
+    except (ModelFileError, CheckpointError, ValueError) as err:  # InputError is a ValueError
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    records = predict_records(classifier, paths, args.topk, args.batch_size)
+    failed = sum("error" in r for r in records)
+
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    stream = args.out.open("w", encoding="utf-8", newline="") if args.out else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump(records, stream, indent=2, ensure_ascii=False)
+            stream.write("\n")
+        else:
+            write_csv(records, stream)
+    finally:
+        if args.out:
+            stream.close()
+    if failed:
+        print(f"{failed} of {len(records)} images could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""evaluate: the real entry point on a tiny checkpoint; its report agrees with a hand count."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import CONFIG_DIR, checkpoint_probs, subprocess_env
+from PIL import Image
+
+from foodnet.checkpoint import CheckpointError, load_model
+from foodnet.evaluate import evaluate, user_message
+from foodnet.images import ImageLoadError
+from foodnet.manifest import read_manifest
+
+
+def compose_eval(overrides: list[str], run_dir):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=overrides)
+    cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+def quiet(**extra) -> list[str]:
+    overrides = {"data.num_workers": 0, "data.batch_size": 16, "trainer.accelerator": "cpu",
+                 "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false"}
+    overrides.update(extra)
+    return [f"{k}={v}" for k, v in overrides.items()]
+
+
+def test_evaluate_report_matches_a_hand_count(tiny_data, tiny_checkpoint, tmp_path):
+    run_dir = tmp_path / "eval"
+    overrides = quiet(ckpt_path=tiny_checkpoint, **{"data.test_manifest": tiny_data["test"]})
+    result = subprocess.run(
+        [sys.executable, "-m", "foodnet.evaluate", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"run dir: {run_dir}" in result.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+
+    # The hand count: the checkpoint's network over the same images, one by one.
+    samples = read_manifest(tiny_data["test"])
+    probs = checkpoint_probs(tiny_checkpoint, [s.path for s in samples])
+    names = load_model(tiny_checkpoint)[1].class_names
+    labels = [s.label for s in samples]
+    preds = probs.argmax(dim=1).tolist()
+    hits = [p == y for p, y in zip(preds, labels, strict=True)]
+    assert 0 < sum(hits) < len(hits), "a hand count means little if all are right or all wrong"
+
+    assert report["image_size"] == 32  # the checkpoint's, since data.image_size was not set
+    assert report["counts"]["images"] == len(samples) == 40
+    assert report["counts"]["correct"] == sum(hits)
+    assert report["test_acc"] == pytest.approx(sum(hits) / len(hits))
+    top5 = probs.topk(5).indices.tolist()
+    assert report["top5_acc"] == pytest.approx(
+        sum(y in row for y, row in zip(labels, top5, strict=True)) / len(labels))
+    f1s = []
+    for label, name in enumerate(names):
+        n = labels.count(label)
+        tp = sum(h and y == label for h, y in zip(hits, labels, strict=True))
+        fp = sum(p == label and y != label for p, y in zip(preds, labels, strict=True))
+        assert report["counts"]["per_class"][name] == {"images": n, "correct": tp}
+        assert report["per_class_acc"][name] == pytest.approx(tp / n)
+        if tp + fp + (n - tp):
+            f1s.append(2 * tp / (2 * tp + fp + (n - tp)))
+    assert report["macro_f1"] == pytest.approx(sum(f1s) / len(f1s))
+
+    with (run_dir / "misclassified.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    expected = [(str(s.path), names[s.label], names[p], float(probs[i].max()))
+                for i, (s, p) in enumerate(zip(samples, preds, strict=True)) if p != s.label]
+    assert [(r["path"], r["true"], r["predicted"]) for r in rows] == [e[:3] for e in expected]
+    assert [float(r["confidence"]) for r in rows] == pytest.approx([e[3] for e in expected],
+                                                                   abs=1e-5)
+    with Image.open(run_dir / "confusion.png") as image:
+        assert image.format == "PNG" and min(image.size) >= 600
+
+
+def test_explicit_image_size_overrides_the_checkpoints(tiny_data, tiny_checkpoint, tmp_path):
+    cfg = compose_eval(quiet(ckpt_path=tiny_checkpoint, **{"data.test_manifest": tiny_data["test"],
+                                                           "data.image_size": 48}), tmp_path)
+    report = evaluate(cfg)
+    samples = read_manifest(tiny_data["test"])
+    probs = checkpoint_probs(tiny_checkpoint, [s.path for s in samples], image_size=48)
+    hits = (probs.argmax(dim=1) == probs.new_tensor([s.label for s in samples])).sum()
+    assert report["image_size"] == 48 and report["counts"]["correct"] == int(hits)
+    assert json.loads((tmp_path / "report.json").read_text())["image_size"] == 48
+
+
+def test_missing_inputs_name_the_fix(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="set ckpt_path="):
+        evaluate(compose_eval(quiet(**{"data.test_manifest": tiny_data["test"]}), tmp_path))
+    missing = tmp_path / "nope.ckpt"
+    with pytest.raises(CheckpointError, match=f"{missing}: checkpoint not found"):
+        evaluate(compose_eval(quiet(ckpt_path=missing, **{"data.test_manifest": "x.txt"}),
+                              tmp_path))
+    with pytest.raises(ValueError, match="set data.test_manifest="):
+        evaluate(compose_eval(quiet(ckpt_path=missing), tmp_path))
+
+
+def test_unreadable_image_stops_with_its_manifest_line(tiny_data, tiny_checkpoint, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    manifest = tmp_path / "test.txt"
+    manifest.write_text(f"{tiny_data['test'].parent / 'images/test/red-disk_000.jpg'} 0\n{bad} 3\n")
+    # A loader worker re-raises with its traceback in the message; the user sees one line.
+    cfg = compose_eval(quiet(ckpt_path=tiny_checkpoint, **{"data.test_manifest": manifest,
+                                                           "data.num_workers": 1}), tmp_path)
+    with pytest.raises(ImageLoadError) as caught:
+        evaluate(cfg)
+    assert user_message(caught.value) == (f"{manifest}:2: {bad}: cannot decode image "
+                                          f"(cannot identify image file '{bad}')")

@@ -111,5 +111,5 @@ def test_unreadable_image_stops_with_its_manifest_line(tiny_data, tiny_checkpoin
                                                            "data.num_workers": 1}), tmp_path)
     with pytest.raises(ImageLoadError) as caught:
         evaluate(cfg)
-    assert user_message(caught.value) == (f"{manifest}:2: {bad}: cannot decode image "
-                                          f"(cannot identify image file '{bad}')")
+    assert user_message(caught.value) == (f"{manifest}:2: not an image (no image format "
+                                          f"recognises this file) ({bad})")

@@ -39,7 +39,7 @@ def test_folder_with_a_corrupt_image_reports_it_and_predicts_the_rest(
         env=subprocess_env(), capture_output=True, text=True, timeout=300)
     broken = photo_folder / "sub" / "broken.jpg"
     assert result.returncode == 1, result.stderr[-3000:]
-    assert f"error: {broken}: cannot decode image" in result.stderr
+    assert f"error: {broken}: not an image" in result.stderr
     assert "1 of 6 images could not be read" in result.stderr
 
     records = json.loads(out.read_text())
@@ -47,7 +47,7 @@ def test_folder_with_a_corrupt_image_reports_it_and_predicts_the_rest(
     assert [r["path"] for r in records] == [str(p) for p in images]  # recursive, sorted, no .md
     by_path = {r["path"]: r for r in records}
     assert by_path[str(broken)]["predictions"] == []
-    assert by_path[str(broken)]["error"].startswith(f"{broken}: cannot decode image")
+    assert by_path[str(broken)]["error"].startswith(f"{broken}: not an image")
 
     good = [p for p in images if p != broken]
     probs = checkpoint_probs(tiny_checkpoint, good)

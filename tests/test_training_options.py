@@ -33,8 +33,11 @@ def _lrs(make_scheduler, steps, lr=1.0):
 def test_step_decay_multiplies_by_gamma_every_step_size():
     lrs = _lrs(lambda opt: step_decay(opt, total=8, step_size=3, gamma=0.1), 8)
     assert lrs == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01])
-    with pytest.raises(ValueError, match="step_size=8 must be between 1 and 7"):
-        step_decay(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1), 8, 8, 0.1)
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1)
+    with pytest.warns(UserWarning, match="step_size=8 but the run has only 8 .* never decays"):
+        step_decay(optimizer, 8, 8, 0.1)
+    with pytest.raises(ValueError, match="step_size=0 must be at least 1"):
+        step_decay(optimizer, 8, 0, 0.1)
 
 
 def test_cosine_warms_up_linearly_then_decays_to_zero():

@@ -161,7 +161,7 @@ class FoodClassifier(L.LightningModule):
         support = confusion.sum(dim=1)
         names = self.class_names or [str(i) for i in range(len(support))]
         self.test_per_class_acc = {
-            name: (float(confusion[i, i] / support[i]) if support[i] > 0 else None)
+            name: (int(confusion[i, i]) / int(support[i]) if support[i] > 0 else None)
             for i, name in enumerate(names)}
         self.test_confusion.reset()
 

@@ -1,20 +1,42 @@
 """The LightningModule: cross-entropy on the transfer model, torchmetrics, an optimizer over
-trainable parameters."""
+trainable parameters and an optional learning-rate schedule."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 
 import lightning as L
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
 
 from foodnet.model import TransferNet
+from foodnet.schedulers import INTERVALS
 from foodnet.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# (optimizer, number of scheduler steps in the run) -> scheduler; see foodnet.schedulers.
+SchedulerFactory = Callable[[torch.optim.Optimizer, int], LRScheduler]
+TOP_K = 5  # val/acc_top5 and test/acc_top5 (k is clamped to the number of classes)
+
+
+def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[float]:
+    """n_samples / (num_classes * count) per class, as scikit-learn's "balanced"; 0 for a class
+    with no sample (it never is a target, so its weight never counts)."""
+    counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long),
+                            minlength=num_classes).double()
+    if counts.numel() > num_classes:
+        raise ValueError(f"labels go up to {counts.numel() - 1}, beyond {num_classes} classes")
+    weights = counts.sum() / (num_classes * counts)
+    return torch.where(counts > 0, weights, 0.0).tolist()
 
 
 class FoodClassifier(L.LightningModule):
@@ -22,21 +44,48 @@ class FoodClassifier(L.LightningModule):
 
     def __init__(self, net: TransferNet, optimizer: OptimizerFactory = torch.optim.Adam,
                  class_names: list[str] | None = None, image_size: int | None = None,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 scheduler: SchedulerFactory | None = None, scheduler_interval: str = "epoch",
+                 label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None):
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
+        if scheduler_interval not in INTERVALS:
+            raise ValueError(f"scheduler.interval={scheduler_interval} must be one of "
+                             f"{', '.join(INTERVALS)}")
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
         self.class_names = list(class_names) if class_names else None
         # Plain values only, so checkpoints load with weights_only=True; they are what
         # evaluate/predict/export need to rebuild the network and its preprocessing.
         self.save_hyperparameters({"arch": net.arch, "num_classes": net.num_classes,
                                    "class_names": self.class_names, "image_size": image_size,
                                    "mean": list(mean), "std": list(std)})
-        self.loss_fn = nn.CrossEntropyLoss()
         num_classes = net.num_classes
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
+        self.label_smoothing = label_smoothing
+        weights = None
+        if class_weights is not None:
+            weights = torch.as_tensor(list(class_weights), dtype=torch.float32)
+            if weights.shape != (num_classes,) or (weights < 0).any():
+                raise ValueError(f"model.class_weights has {weights.numel()} values; it needs "
+                                 f"{num_classes} non-negative ones (or balanced, or null)")
+        # Not persistent: checkpoints stay loadable whatever the loss options were.
+        self.register_buffer("class_weights", weights, persistent=False)
+        # val/test loss is plain cross-entropy, comparable across runs whatever the train loss.
+        self.loss_fn = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        top_k = min(TOP_K, num_classes)
+        self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+        self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+        # Macro F1 averages over the classes present in targets or predictions.
+        self.val_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+        self.test_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes=num_classes)
+        self.test_per_class_acc: dict[str, float | None] = {}
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
         self.train()  # Lightning restores per-module modes around validation: start them right
@@ -64,19 +113,28 @@ class FoodClassifier(L.LightningModule):
         return self.loss_fn(logits, y), logits, y
 
     def training_step(self, batch, batch_idx):
-        loss, logits, y = self._shared_step(batch)
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, weight=self.class_weights,
+                               label_smoothing=self.label_smoothing)
         self.train_loss(loss.detach())
         self.train_acc(logits.detach(), y)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
+                 on_epoch=False)
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss, logits, y = self._shared_step(batch)
         self.val_loss(loss, weight=y.numel())
         self.val_acc(logits, y)
+        self.val_acc_top5(logits, y)
+        self.val_f1(logits, y)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc_top5", self.val_acc_top5, on_step=False, on_epoch=True)
+        self.log("val/f1_macro", self.val_f1, on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self):
         # The sanity check must not count towards val/acc_best.
@@ -89,11 +147,35 @@ class FoodClassifier(L.LightningModule):
         loss, logits, y = self._shared_step(batch)
         self.test_loss(loss, weight=y.numel())
         self.test_acc(logits, y)
+        self.test_acc_top5(logits, y)
+        self.test_f1(logits, y)
+        self.test_confusion(logits, y)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+        self.log("test/acc_top5", self.test_acc_top5, on_step=False, on_epoch=True)
+        self.log("test/f1_macro", self.test_f1, on_step=False, on_epoch=True)
+
+    def on_test_epoch_end(self):
+        # Per-class accuracy (recall) by class name; None for a class without test images.
+        confusion = self.test_confusion.compute()
+        support = confusion.sum(dim=1)
+        names = self.class_names or [str(i) for i in range(len(support))]
+        self.test_per_class_acc = {
+            name: (int(confusion[i, i]) / int(support[i]) if support[i] > 0 else None)
+            for i, name in enumerate(names)}
+        self.test_confusion.reset()
 
     def configure_optimizers(self):
         trainable = [p for p in self.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("no trainable parameters: the whole model is frozen")
-        return self.optimizer_factory(trainable)
+        optimizer = self.optimizer_factory(trainable)
+        if self.scheduler_factory is None:
+            return optimizer
+        if self.scheduler_interval == "step":
+            total = self.trainer.estimated_stepping_batches  # inf for a run without an end
+        else:
+            total = self.trainer.max_epochs or -1  # -1 for a run without an end
+        scheduler = self.scheduler_factory(optimizer, int(total) if math.isfinite(total) else -1)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}

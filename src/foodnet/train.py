@@ -9,13 +9,14 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from foodnet.data import FoodDataModule
+from foodnet.finetune import create_finetuning
 from foodnet.images import ImageLoadError
 from foodnet.manifest import ManifestError
 from foodnet.model import WeightsError, create_model
-from foodnet.module import FoodClassifier
+from foodnet.module import FoodClassifier, balanced_class_weights
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # Errors that are the user's to fix: print the message, not a traceback.
@@ -25,13 +26,36 @@ USER_ERRORS = (ManifestError, WeightsError, ValueError, FileNotFoundError, Image
 def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
     """Instantiate the datamodule, the LightningModule and the Trainer from a composed config."""
     datamodule: FoodDataModule = instantiate(cfg.data)
+    finetune_options = OmegaConf.to_container(cfg.finetune, resolve=True)
+    finetuning = create_finetuning(finetune_options.pop("strategy"), cfg.model.freeze,
+                                   **finetune_options)
     net = create_model(cfg.model.arch, cfg.model.num_classes, cfg.model.weights, cfg.model.freeze)
     module = FoodClassifier(net, optimizer=instantiate(cfg.model.optimizer),
-                            class_names=datamodule.class_names, image_size=cfg.data.image_size)
+                            class_names=datamodule.class_names, image_size=cfg.data.image_size,
+                            scheduler=instantiate(cfg.scheduler.schedule),
+                            scheduler_interval=cfg.scheduler.interval,
+                            label_smoothing=cfg.model.label_smoothing,
+                            class_weights=_class_weights(cfg.model.class_weights, datamodule,
+                                                         cfg.model.num_classes))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if finetuning is not None:
+        callbacks.append(finetuning)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer
+
+
+def _class_weights(option, datamodule: FoodDataModule, num_classes: int) -> list[float] | None:
+    """model.class_weights: null, "balanced" (from the train labels) or explicit weights."""
+    if option is None:
+        return None
+    if option == "balanced":
+        datamodule.setup("fit")
+        return balanced_class_weights(datamodule.datasets["train"].labels, num_classes)
+    if isinstance(option, str):
+        raise ValueError(f"model.class_weights={option} is unknown: use null, balanced or a "
+                         f"list of {num_classes} floats")
+    return [float(w) for w in option]
 
 
 def train(cfg: DictConfig) -> dict:
@@ -44,14 +68,18 @@ def train(cfg: DictConfig) -> dict:
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
-    test_acc = None
+    test_acc, test_extra = None, {}
     if cfg.data.get("test_manifest"):
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
         test_acc = float(results[0]["test/acc"])
+        test_extra = {"test_acc_top5": float(results[0]["test/acc_top5"]),
+                      "test_f1_macro": float(results[0]["test/f1_macro"]),
+                      "test_per_class_acc": module.test_per_class_acc}
     best_score = checkpoint.best_model_score if checkpoint else None
     metrics = {
         "best_val_acc": float(best_score) if best_score is not None else None,
         "test_acc": test_acc,
+        **test_extra,
         "epochs": trainer.current_epoch,
         "run_dir": str(run_dir),
         "best_checkpoint": best_path or None,

@@ -1,0 +1,130 @@
+"""Fine-tuning strategies: freeze (the seed), full, and gradual unfreezing as a callback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import lightning as L
+from lightning.pytorch.callbacks import BaseFinetuning
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import Optimizer
+
+from foodnet.model import TransferNet
+
+STRATEGIES = ("freeze", "gradual", "full")
+# Backbones whose top-level children are their stages in forward order (ResNet: conv1, bn1,
+# layer1 .. layer4). Other families nest their stages differently and would unfreeze the wrong part.
+STAGED_FAMILIES = ("resnet", "resnext", "wide_resnet")
+# Param-group keys that hold learning rates (torch's schedulers add initial_lr, max_lr, min_lr).
+LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+
+
+def backbone_stages(net: TransferNet) -> list[nn.Module]:
+    """The backbone's top-level children that hold parameters, in forward order."""
+    if not net.arch.startswith(STAGED_FAMILIES):
+        raise ValueError(f"finetune=gradual knows the stages of {', '.join(STAGED_FAMILIES)}* "
+                         f"backbones, not model.arch={net.arch}; use finetune=full or "
+                         "finetune=freeze")
+    return [child for child in net.backbone.children() if any(True for _ in child.parameters())]
+
+
+class GradualUnfreezing(BaseFinetuning):
+    """Train the head, then also the last backbone stage, then the whole backbone.
+
+    Each newly unfrozen part gets its own optimizer param group, scheduled like the head's at
+    `backbone_lr_factor` times its learning rate. With train_bn=False the BatchNorm layers of
+    unfrozen stages keep their pretrained statistics and affine parameters (they stay frozen and
+    in eval mode); with train_bn=True they train like the rest of the stage.
+    """
+
+    def __init__(self, unfreeze_last_at: int, unfreeze_all_at: int | None,
+                 backbone_lr_factor: float, train_bn: bool):
+        super().__init__()
+        if unfreeze_last_at < 0:
+            raise ValueError(f"finetune.unfreeze_last_at={unfreeze_last_at} must be an epoch >= 0")
+        if unfreeze_all_at is not None and unfreeze_all_at <= unfreeze_last_at:
+            raise ValueError(f"finetune.unfreeze_all_at={unfreeze_all_at} must come after "
+                             f"finetune.unfreeze_last_at={unfreeze_last_at} (or be null: never)")
+        if backbone_lr_factor <= 0:
+            raise ValueError(f"finetune.backbone_lr_factor={backbone_lr_factor} must be positive")
+        self.unfreeze_last_at = unfreeze_last_at
+        self.unfreeze_all_at = unfreeze_all_at
+        self.backbone_lr_factor = backbone_lr_factor
+        self.train_bn = train_bn
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Only fitting starts from a frozen backbone: trainer.test() after fit must not re-freeze.
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        backbone_stages(pl_module.net)  # an unsupported arch fails before the first epoch
+        # Not BaseFinetuning.freeze(): it also sets BatchNorm track_running_stats=False, which
+        # makes a BN layer use batch statistics whenever it is in train mode.
+        for param in pl_module.net.backbone.parameters():
+            param.requires_grad = False
+
+    def finetune_function(self, pl_module: L.LightningModule, epoch: int,
+                          optimizer: Optimizer) -> None:
+        # ">=", not "==": after resuming from a checkpoint, parts unfrozen in earlier epochs must
+        # train again (their param groups come back from the checkpoint, requires_grad does not).
+        stages = backbone_stages(pl_module.net)
+        if epoch >= self.unfreeze_last_at:
+            self._unfreeze(stages[-1:], pl_module, optimizer)
+        if self.unfreeze_all_at is not None and epoch >= self.unfreeze_all_at:
+            self._unfreeze(stages[:-1], pl_module, optimizer)
+
+    def _unfreeze(self, modules: list[nn.Module], pl_module: L.LightningModule,
+                  optimizer: Optimizer) -> None:
+        self.make_trainable(modules)
+        if not self.train_bn:
+            # No trainable parameter left: FoodClassifier.train() keeps these layers in eval mode.
+            for module in self.flatten_modules(modules):
+                if isinstance(module, _BatchNorm):
+                    module.requires_grad_(False)
+        # Identity, not BaseFinetuning.filter_on_optimizer, whose torch.equal() comparison drops
+        # parameters whose values equal one already added (e.g. freshly initialised BN weights).
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        params = [p for p in self.filter_params(modules, train_bn=self.train_bn)
+                  if id(p) not in known]
+        if params:
+            add_scaled_param_group(optimizer, params, self.backbone_lr_factor,
+                                   [c.scheduler for c in pl_module.trainer.lr_scheduler_configs])
+
+
+def add_scaled_param_group(optimizer: Optimizer, params: list[nn.Parameter], factor: float,
+                           schedulers: Iterable) -> None:
+    """Add params as a group that copies group 0's settings at factor x its learning rates.
+
+    Schedulers created before the group existed learn its base lr too, so they drive it at the
+    same ratio as the head (torch's schedulers only know the groups present when they were built).
+    """
+    head = optimizer.param_groups[0]
+    group = {key: value * factor if key in LR_KEYS else value
+             for key, value in head.items() if key != "params"}
+    optimizer.add_param_group({**group, "params": params})
+    for scheduler in schedulers:
+        # SequentialLR and ChainedScheduler keep their parts in _schedulers.
+        for part in [scheduler, *getattr(scheduler, "_schedulers", [])]:
+            base_lrs = getattr(part, "base_lrs", None)
+            if base_lrs is not None and len(base_lrs) < len(optimizer.param_groups):
+                base_lrs.append(base_lrs[0] * factor)
+
+
+def create_finetuning(strategy: str, model_freeze: bool, **options) -> GradualUnfreezing | None:
+    """The callback for finetune=<strategy> (None for freeze and full).
+
+    model.freeze=false on its own (finetune=freeze) trains everything, as finetune=full does;
+    model.freeze=true with finetune=gradual or full is a contradiction and fails.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"finetune={strategy} is unknown; choose one of {', '.join(STRATEGIES)}")
+    if model_freeze and strategy != "freeze":
+        raise ValueError(f"model.freeze=true contradicts finetune={strategy}: the backbone would "
+                         "never train; drop the model.freeze override (finetune sets it)")
+    if strategy == "gradual":
+        return GradualUnfreezing(**options)
+    if options:
+        raise ValueError(f"finetune={strategy} takes no options, got {', '.join(options)}")
+    return None

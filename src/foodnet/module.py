@@ -77,6 +77,8 @@ class FoodClassifier(L.LightningModule):
         self.val_acc(logits, y)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        # For callbacks (the confusion-matrix dashboard) so they need no second forward pass.
+        return {"logits": logits.detach(), "target": y}
 
     def on_validation_epoch_end(self):
         # The sanity check must not count towards val/acc_best.

@@ -33,7 +33,8 @@ lint: install  ## ruff
 
 tensorboard: install  ## serve every run under outputs/ and multirun/ on http://127.0.0.1:6006
 	mkdir -p outputs multirun
-	$(VENV)/bin/tensorboard --logdir_spec outputs:outputs,multirun:multirun --host 127.0.0.1 --port 6006
+	$(VENV)/bin/tensorboard --logdir_spec outputs:outputs,multirun:multirun --host 127.0.0.1 --port 6006 \
+		--samples_per_plugin images=100  # keep a confusion matrix per epoch, not a sample of 10
 
 clean:  ## remove generated data, runs and caches (keeps .venv)
 	rm -rf data/demo outputs multirun lightning_logs .pytest_cache .ruff_cache

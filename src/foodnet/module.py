@@ -121,8 +121,6 @@ class FoodClassifier(L.LightningModule):
         self.train_acc(logits.detach(), y)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
-                 on_epoch=False)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -135,6 +133,8 @@ class FoodClassifier(L.LightningModule):
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc_top5", self.val_acc_top5, on_step=False, on_epoch=True)
         self.log("val/f1_macro", self.val_f1, on_step=False, on_epoch=True)
+        # For callbacks (the confusion-matrix dashboard) so they need no second forward pass.
+        return {"logits": logits.detach(), "target": y}
 
     def on_validation_epoch_end(self):
         # The sanity check must not count towards val/acc_best.

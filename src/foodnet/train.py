@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,6 +81,7 @@ def train(cfg: DictConfig) -> dict:
                       "test_per_class_acc": module.test_per_class_acc}
     best_score = checkpoint.best_model_score if checkpoint else None
     metrics = {
+        "status": "completed",
         "best_val_acc": float(best_score) if best_score is not None else None,
         "test_acc": test_acc,
         **test_extra,
@@ -95,13 +100,38 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
+def record_failure(cfg: DictConfig, error: str) -> float:
+    """In a multirun, a failed job writes metrics.json with the error and lets the sweep go on."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    failure = {"status": "failed", "error": error, "best_val_acc": None,
+               "test_acc": None, "run_dir": str(run_dir)}
+    (run_dir / "metrics.json").write_text(json.dumps(failure, indent=2) + "\n")
+    # Sweepers need a number; -inf ranks the job last when maximising val/acc_best.
+    return float("-inf")
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    # Hydra's launchers stop a sweep at the first job that raises; one bad job must not cost the
+    # others, so in a multirun failures are recorded (sweep.py summarises them) instead.
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    except Exception as err:
+        # instantiate() wraps what a constructor raised (e.g. data.batch_size=0): unwrap it.
+        cause = err.__cause__ if isinstance(err, InstantiationException) else None
+        user_error = next((e for e in (err, cause) if isinstance(e, USER_ERRORS)), None)
+        if user_error is not None:
+            print(f"error: {user_error}", file=sys.stderr, flush=True)
+        elif multirun:
+            traceback.print_exc()
+        if multirun:
+            return record_failure(cfg, str(user_error) if user_error is not None
+                                  else f"{type(err).__name__}: {err}")
+        if user_error is not None:
+            raise SystemExit(2) from None
+        raise
     # Returned to Hydra so that sweepers can optimise it.
     return metrics["best_val_acc"]
 

@@ -1,0 +1,186 @@
+"""Summarise a Hydra multirun: summary.csv and summary.md in the sweep dir, the best job printed.
+
+Registered under hydra.callbacks (conf/hydra/default.yaml). It reads what every job left on disk
+(.hydra/overrides.yaml and metrics.json), so it works the same for the basic launcher, Optuna and
+SLURM jobs that ran on other machines.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+COLUMNS = ("job", "status", "best_val_acc", "test_acc", "overrides", "run_dir", "error")
+
+
+@dataclass
+class JobResult:
+    job: int
+    status: str  # completed | failed | unfinished (no metrics.json: still running, killed, crashed)
+    best_val_acc: float | None
+    test_acc: float | None
+    overrides: list[str]
+    run_dir: Path
+    error: str = ""
+
+
+def _job_number(job_dir: Path, fallback: int) -> int:
+    hydra_yaml = job_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        num = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num")
+        if isinstance(num, int):
+            return num
+    return fallback
+
+
+def read_job(job_dir: Path, fallback_num: int = -1) -> JobResult:
+    """One job's result from its folder."""
+    overrides = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
+    result = JobResult(job=_job_number(job_dir, fallback_num), status="unfinished",
+                       best_val_acc=None, test_acc=None, overrides=overrides, run_dir=job_dir,
+                       error="no metrics.json: the job is still running, was killed or crashed")
+    metrics_file = job_dir / "metrics.json"
+    if metrics_file.is_file():
+        try:
+            metrics: dict[str, Any] = json.loads(metrics_file.read_text())
+        except json.JSONDecodeError as err:
+            result.status, result.error = "failed", f"{metrics_file}: unreadable ({err})"
+            return result
+        result.status = metrics.get("status", "completed")
+        result.best_val_acc = metrics.get("best_val_acc")
+        result.test_acc = metrics.get("test_acc")
+        result.error = metrics.get("error") or ""
+    return result
+
+
+def collect(sweep_dir: Path) -> list[JobResult]:
+    """Every job under the sweep dir (any hydra.sweep.subdir layout), in job order."""
+    job_dirs = sorted(p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml"))
+    jobs = [read_job(job_dir, index) for index, job_dir in enumerate(job_dirs)]
+    return sorted(jobs, key=lambda job: job.job)
+
+
+def best_job(jobs: list[JobResult]) -> JobResult | None:
+    scored = [j for j in jobs if j.status == "completed" and j.best_val_acc is not None
+              and not math.isnan(j.best_val_acc)]
+    return max(scored, key=lambda j: j.best_val_acc, default=None)
+
+
+def _varying(jobs: list[JobResult]) -> tuple[list[str], list[str]]:
+    """Split override keys into those that differ between jobs (the swept ones) and the rest."""
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for override in job.overrides:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    varying = [k for k, v in values.items()
+               if len(v) > 1 or any(k not in _keys(j) for j in jobs)]
+    common = sorted({o for j in jobs for o in j.overrides if o.partition("=")[0] not in varying})
+    return varying, common
+
+
+def _keys(job: JobResult) -> set[str]:
+    return {o.partition("=")[0] for o in job.overrides}
+
+
+def _swept(job: JobResult, varying: list[str]) -> str:
+    """The job's overrides of the swept keys (all of them when nothing varies)."""
+    chosen = [o for o in job.overrides if o.partition("=")[0] in varying]
+    return " ".join(chosen or job.overrides)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def write_csv(jobs: list[JobResult], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for j in jobs:
+            writer.writerow([j.job, j.status, _fmt(j.best_val_acc), _fmt(j.test_acc),
+                             " ".join(j.overrides), str(j.run_dir), j.error])
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(jobs: list[JobResult], sweep_dir: Path) -> str:
+    varying, common = _varying(jobs)
+    best = best_job(jobs)
+    failed = [j for j in jobs if j.status != "completed"]
+    lines = [f"# Sweep summary: {sweep_dir}", ""]
+    lines.append(f"{len(jobs)} jobs: {len(jobs) - len(failed)} completed, {len(failed)} failed "
+                 "or unfinished.")
+    if best is not None:
+        lines.append(f"**Best: job {best.job}**, val acc {best.best_val_acc:.4f}, "
+                     f"`{_swept(best, varying)}`, run dir `{best.run_dir}`.")
+    if common:
+        lines.append(f"Common overrides: `{' '.join(common)}`.")
+    lines += ["", "| " + " | ".join(["job", "status", "best val acc", "test acc", *varying,
+                                      "run dir"]) + " |",
+              "|" + " --- |" * (5 + len(varying))]
+    for j in jobs:
+        chosen = dict(o.partition("=")[::2] for o in j.overrides)
+        row = [str(j.job), j.status + (" (best)" if j is best else ""), _fmt(j.best_val_acc),
+               _fmt(j.test_acc), *[chosen.get(k, "") for k in varying], f"`{j.run_dir}`"]
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    if failed:
+        lines += ["", "## Failed or unfinished jobs", ""]
+        lines += [f"- job {j.job} ({j.status}, `{j.run_dir}`): {_cell(j.error)}" for j in failed]
+    return "\n".join(lines) + "\n"
+
+
+def summarize(sweep_dir: str | Path) -> list[JobResult]:
+    """Write summary.csv and summary.md into the sweep dir, print the best job; return the jobs."""
+    sweep_dir = Path(sweep_dir)
+    jobs = collect(sweep_dir)
+    write_csv(jobs, sweep_dir / "summary.csv")
+    (sweep_dir / "summary.md").write_text(render_markdown(jobs, sweep_dir), encoding="utf-8")
+    best = best_job(jobs)
+    failed = [j for j in jobs if j.status != "completed"]
+    print(f"sweep summary: {sweep_dir / 'summary.md'} ({len(jobs)} jobs, {len(failed)} failed "
+          "or unfinished)", flush=True)
+    for j in failed:
+        print(f"  job {j.job} {j.status}: {j.error}", flush=True)
+    if best is None:
+        print("best job: none completed", flush=True)
+    else:
+        print(f"best job {best.job}: val acc {best.best_val_acc:.4f}  "
+              f"{_swept(best, _varying(jobs)[0])}  ({best.run_dir})", flush=True)
+    return jobs
+
+
+class SweepSummary(Callback):
+    """Hydra callback: summarise the sweep when it ends; exit 1 when any job failed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Resolved now: ${now:...} is cached from here on, so the end sees the same folder.
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = getattr(self, "sweep_dir", None) or Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            print(f"sweep summary: {sweep_dir} does not exist, no job ran", flush=True)
+            return
+        jobs = summarize(sweep_dir)
+        if any(j.status != "completed" for j in jobs):
+            # The summary is written; the exit status still tells scripts that something failed.
+            raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    # Re-summarise a sweep, e.g. one whose SLURM jobs are still running: python -m foodnet.sweep DIR
+    import sys
+
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        sys.exit("usage: python -m foodnet.sweep SWEEP_DIR (a multirun/... folder)")
+    summarize(sys.argv[1])

@@ -78,8 +78,8 @@ class FiniteLossGuard(L.Callback):
                      f" (global step {trainer.global_step})")
             value = loss.detach().float().item() if bad else "non-finite on another rank"
             raise NonFiniteLossError(
-                f"train/loss is {value} at {where}: stopped before this update, no checkpoint "
-                "holds these weights. Lower model.optimizer.lr or check the data of this batch")
+                f"train/loss is {value} at {where}: stopped before this update; no checkpoint "
+                "was written from these weights. Lower model.optimizer.lr or check this batch")
 
     def _check_weights(self, trainer, pl_module, when: str) -> None:
         bad = [name for name, p in pl_module.named_parameters()

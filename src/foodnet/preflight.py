@@ -26,8 +26,9 @@ def check_settings(arch: str, weights: str | None, lr: float | None) -> None:
     if resolved is not None and not isinstance(resolved, Path) and "." in text:
         expected = type(resolved).__name__
         if text.split(".")[0] != expected:
-            names = ", ".join(models.get_model_weights(arch).__members__)
+            names = ", ".join(f"{expected}.{name}"
+                              for name in models.get_model_weights(arch).__members__)
             raise ValueError(f"model.weights={text} are not weights of model.arch={arch}; use "
-                             f"{expected}.<{names}>, a .pth file, or null")
+                             f"one of {names}, a .pth file, or null")
     if lr is not None and not lr > 0:
         raise ValueError(f"model.optimizer.lr={lr} must be positive (the default is 1e-3)")

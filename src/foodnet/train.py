@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -46,7 +47,12 @@ def train(cfg: DictConfig) -> dict:
     print(f"run dir: {run_dir}", flush=True)
     check_settings(cfg.model.arch, cfg.model.weights, cfg.model.optimizer.get("lr"))
     L.seed_everything(cfg.seed, workers=True)
-    datamodule, module, trainer = build(cfg)
+    try:
+        datamodule, module, trainer = build(cfg)
+    except InstantiationException as err:  # Hydra wraps what the built classes raise
+        if isinstance(err.__cause__, USER_ERRORS):
+            raise err.__cause__ from None
+        raise
     # Resume: vet the checkpoint (weights_only, same model, epochs left) before Lightning loads it.
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), trainer.checkpoint_callback)
     if ckpt_path is not None:

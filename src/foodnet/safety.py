@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # object stores (s3://, gs://) write whole objects: no rename needed
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
@@ -121,8 +125,8 @@ class Preemption(L.Callback):
     def on_train_start(self, trainer, pl_module):
         # Lightning installs its handlers just before this hook and restores the originals at
         # teardown, which removes these too.
-        if sys.platform == "win32":
-            return
+        if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+            return  # Python lets only the main thread set handlers (and Windows lacks SIGUSR1)
         for name in self.SIGNALS:
             signum = getattr(signal, name)
             previous = signal.getsignal(signum)

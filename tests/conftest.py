@@ -102,3 +102,28 @@ def checkpoint_probs(checkpoint: Path, images: list[Path], image_size: int | Non
     transform = eval_transform(image_size or info.image_size, info.mean, info.std)
     with torch.no_grad():
         return net(torch.stack([transform(load_rgb(p)) for p in images])).softmax(dim=1)
+
+REFERENCE_EPOCHS = 3
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_data, tmp_path_factory) -> tuple[dict, Path]:
+    """An uninterrupted 3-epoch run (in-process, augmentation on): its metrics and last.ckpt.
+    Resumed, preempted and repeated runs with the same seed must end exactly like it."""
+    from foodnet.train import train
+
+    run_dir = tmp_path_factory.mktemp("reference_run")
+    overrides = tiny_overrides(tiny_data, **{"trainer.max_epochs": REFERENCE_EPOCHS})
+    metrics = train(compose_train(overrides, run_dir=run_dir))
+    return metrics, run_dir / "checkpoints" / "last.ckpt"
+
+
+def assert_same_weights(path_a: Path, path_b: Path) -> None:
+    """Every tensor of the two checkpoints' state_dicts is bitwise equal."""
+    import torch
+
+    a = torch.load(path_a, weights_only=True)["state_dict"]
+    b = torch.load(path_b, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, f"weights differ: {different[:5]}"

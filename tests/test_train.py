@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, compose_train, subprocess_env, tiny_overrides
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
+from foodnet.data.sampling import EpochSampler
 from foodnet.train import build
 
 
@@ -32,7 +33,7 @@ def test_build_wires_data_model_and_trainer(tiny_data, tmp_path):
     assert datamodule.class_names[0] == "red-disk" and module.class_names == datamodule.class_names
     assert module.configure_optimizers().param_groups[0]["lr"] == 0.01
     datamodule.setup("fit")
-    assert isinstance(datamodule.train_dataloader().sampler, RandomSampler)
+    assert isinstance(datamodule.train_dataloader().sampler, EpochSampler)  # shuffles per epoch
     assert isinstance(datamodule.val_dataloader().sampler, SequentialSampler)
     x, y = next(iter(datamodule.train_dataloader()))
     assert x.shape == (16, 3, 32, 32) and not y.dtype.is_floating_point

@@ -16,10 +16,11 @@ class EpochSummary(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        # Runs after validation, so val/* of this epoch are in callback_metrics.
+        # Runs after validation, so val/* of this epoch are in callback_metrics. Reading them
+        # syncs the epoch's metrics across DDP ranks: every rank must, or rank 0 waits forever.
+        metrics = trainer.callback_metrics
         if not trainer.is_global_zero:
             return
-        metrics = trainer.callback_metrics
         parts = [f"{key} {float(metrics[key]):.4f}" for key in SUMMARY_KEYS if key in metrics]
         seconds = time.perf_counter() - getattr(self, "_start", time.perf_counter())
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  " + "  ".join(parts)

@@ -88,6 +88,7 @@ class FoodClassifier(L.LightningModule):
         self.test_per_class_acc: dict[str, float | None] = {}
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best so far
         self.train()  # Lightning restores per-module modes around validation: start them right
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

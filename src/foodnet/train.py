@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -14,18 +15,24 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from foodnet.checkpoint import CheckpointError
 from foodnet.data import FoodDataModule
 from foodnet.finetune import create_finetuning
 from foodnet.images import ImageLoadError
 from foodnet.manifest import ManifestError
 from foodnet.model import WeightsError, create_model
 from foodnet.module import FoodClassifier, balanced_class_weights
+from foodnet.preflight import check_settings
+from foodnet.resume import check_resume, resolve_ckpt_path
+from foodnet.safety import NonFiniteLossError
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # Errors that are the user's to fix: print the message, not a traceback.
-USER_ERRORS = (ManifestError, WeightsError, ValueError, FileNotFoundError, ImageLoadError)
+USER_ERRORS = (ManifestError, WeightsError, CheckpointError, NonFiniteLossError, ImageLoadError,
+               ValueError, FileNotFoundError)
 
 
 def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
@@ -69,15 +76,28 @@ def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint when a test manifest is given, write metrics.json."""
     run_dir = Path(cfg.paths.output_dir)
     print(f"run dir: {run_dir}", flush=True)
+    check_settings(cfg.model.arch, cfg.model.weights, cfg.model.optimizer.get("lr"))
     L.seed_everything(cfg.seed, workers=True)
-    datamodule, module, trainer = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        datamodule, module, trainer = build(cfg)
+    except InstantiationException as err:  # Hydra wraps what the built classes raise
+        if isinstance(err.__cause__, USER_ERRORS):
+            raise err.__cause__ from None
+        raise
+    # Resume: vet the checkpoint (weights_only, same model, epochs left) before Lightning loads it.
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), trainer.checkpoint_callback)
+    if ckpt_path is not None:
+        check_resume(ckpt_path, cfg.model.arch, cfg.model.num_classes, trainer.max_epochs)
+        print(f"resuming from {ckpt_path}", flush=True)
+    datamodule.setup("fit")  # read the manifests now: a bad label stops the run before training
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
     test_acc, test_extra = None, {}
     if cfg.data.get("test_manifest"):
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None,
+                               weights_only=True)
         test_acc = float(results[0]["test/acc"])
         test_extra = {"test_acc_top5": float(results[0]["test/acc_top5"]),
                       "test_f1_macro": float(results[0]["test/f1_macro"]),
@@ -121,10 +141,10 @@ def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)
+    except SIGTERMException:  # Lightning's handler, outside training (foodnet.safety.Preemption)
+        raise SystemExit(128 + signal.SIGTERM) from None
     except Exception as err:
-        # instantiate() wraps what a constructor raised (e.g. data.batch_size=0): unwrap it.
-        cause = err.__cause__ if isinstance(err, InstantiationException) else None
-        user_error = next((e for e in (err, cause) if isinstance(e, USER_ERRORS)), None)
+        user_error = err if isinstance(err, USER_ERRORS) else None
         if user_error is not None:
             print(f"error: {user_error}", file=sys.stderr, flush=True)
         elif multirun:

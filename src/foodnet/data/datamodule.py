@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from foodnet.data.check import MAX_REPORTED, check_manifest, format_problems, raise_for_errors
@@ -18,6 +19,7 @@ from foodnet.data.dataset import (
     SkippingLoader,
     record_skip,
 )
+from foodnet.data.sampling import EpochSampler, SeededSamples
 from foodnet.manifest import ManifestError, read_classes
 from foodnet.transforms import eval_transform, train_transform
 
@@ -41,7 +43,7 @@ class FoodDataModule(L.LightningDataModule):
                  test_manifest: str | Path | None = None, classes: str | Path | None = None,
                  num_classes: int | None = None, image_size: int = 256, augment: bool = True,
                  batch_size: int = 64, num_workers: int | str = "auto",
-                 on_bad_image: str = "error", validate: str = "quick"):
+                 on_bad_image: str = "error", validate: str = "quick", seed: int = 0):
         super().__init__()
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"data.on_bad_image={on_bad_image!r}: expected one of "
@@ -65,6 +67,7 @@ class FoodDataModule(L.LightningDataModule):
         self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
         self.on_bad_image = on_bad_image
         self.validate = validate
+        self.seed = seed
         self.datasets: dict[str, ManifestDataset] = {}
         # Every image skipped under on_bad_image=skip, by MANIFEST:LINE (train.py reports them).
         self.skipped: dict[str, BadImage] = {}
@@ -100,20 +103,50 @@ class FoodDataModule(L.LightningDataModule):
                          else eval_transform(self.image_size))
             self.datasets[split] = ManifestDataset(samples, transform)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
             raise ValueError(f"no {split} data: set data.{split}_manifest")
-        return SkippingLoader(self.datasets[split], on_bad_image=self.on_bad_image,
-                              skipped=self.skipped, batch_size=self.batch_size, shuffle=shuffle,
+        dataset = self.datasets[split]
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer \
+            else (1, 0)
+        if split == "train":
+            # Order and augmentation come from (seed, epoch) only: see foodnet.data.sampling.
+            sampler = EpochSampler(dataset, self.seed, world_size, rank,
+                                   position=self._train_position if self.trainer else None)
+            dataset = SeededSamples(dataset)
+        elif world_size > 1:
+            # Lightning's default DistributedSampler pads with repeated samples; evaluation must
+            # count each sample exactly once (torchmetrics sums the ranks' states).
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank,
+                                                   shuffle=False)
+        else:
+            sampler = None
+        return SkippingLoader(dataset, on_bad_image=self.on_bad_image, skipped=self.skipped,
+                              batch_size=self.batch_size, sampler=sampler,
                               num_workers=self.num_workers,
                               persistent_workers=self.num_workers > 0,
-                              pin_memory=torch.cuda.is_available())
+                              pin_memory=torch.cuda.is_available(),
+                              # Worker base seeds come from here, not from the global RNG.
+                              generator=torch.Generator().manual_seed(self.seed))
+
+    def _train_position(self) -> tuple[int, int]:
+        """(epoch, samples this rank already trained on in it), from Lightning's loop progress.
+
+        Read when the train loader starts an epoch. Lightning starts the first epoch of a resumed
+        run before it calls set_epoch, and resumes a mid-epoch checkpoint at the following batch:
+        the sampler needs both to repeat the interrupted run exactly.
+        """
+        loop = self.trainer.fit_loop
+        epochs = loop.epoch_progress.current
+        in_progress = epochs.processed < epochs.started
+        done = loop.epoch_loop.batch_progress.current.processed if in_progress else 0
+        return epochs.processed, done * self.batch_size
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

@@ -1,0 +1,56 @@
+"""Config mistakes stop the run before training, with the bad value and the fix."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import compose_train, subprocess_env, tiny_overrides
+
+from foodnet.manifest import ManifestError
+from foodnet.model import WeightsError
+from foodnet.train import train
+
+
+@pytest.mark.parametrize(("override", "error", "message"), [
+    ({"model.arch": "resnet1000"}, ValueError,
+     r"unknown model.arch='resnet1000'; torchvision classification models are: .*resnet18"),
+    ({"model.weights": "ResNet50_Weights.IMAGENET1K_V1"}, ValueError,
+     r"model.weights=ResNet50_Weights.IMAGENET1K_V1 are not weights of model.arch=resnet18; "
+     r"use one of ResNet18_Weights.IMAGENET1K_V1, ResNet18_Weights.DEFAULT"),
+    ({"model.weights": "IMAGENET1K_V2"}, WeightsError,
+     r"model.weights=IMAGENET1K_V2 is not a weights name of resnet18"),
+    ({"model.num_classes": 10}, ManifestError,
+     r"classes.txt lists 20 classes but model.num_classes=10"),
+    ({"model.num_classes": 10, "data.classes": "null"}, ManifestError,
+     r"train.txt:\d+: label 10 is out of range for 10 classes"),
+    ({"model.optimizer.lr": 0}, ValueError, r"model.optimizer.lr=0 must be positive"),
+    ({"model.optimizer.lr": -0.001}, ValueError, r"model.optimizer.lr=-0.001 must be positive"),
+    ({"data.batch_size": 0}, ValueError, r"data.batch_size=0 must be positive"),
+])
+def test_bad_settings_fail_before_training(tiny_data, tmp_path, override, error, message):
+    with pytest.raises(error, match=message):
+        train(compose_train(tiny_overrides(tiny_data, **override), run_dir=tmp_path))
+    assert not any(tmp_path.iterdir()), "nothing may be written before the settings are checked"
+
+
+def test_weights_file_that_does_not_fit_the_arch(tiny_data, tmp_path):
+    weights = tmp_path / "resnet18.pth"
+    torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, weights)
+    cfg = compose_train(tiny_overrides(tiny_data, **{"model.weights": weights}),
+                        run_dir=tmp_path / "run")
+    with pytest.raises(WeightsError, match=rf"{weights}: weights do not fit resnet18"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_reports_a_resume_mistake_as_an_error_line(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "foodnet.train", *tiny_overrides(tiny_data), "ckpt_path=last",
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert (f"error: {run_dir}/checkpoints/last.ckpt: ckpt_path=last found no checkpoint"
+            in result.stderr)
+    assert "Traceback" not in result.stderr

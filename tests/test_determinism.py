@@ -1,0 +1,30 @@
+"""The same seed twice on CPU gives identical metrics and weights, whatever data.num_workers."""
+
+import json
+
+from conftest import REFERENCE_EPOCHS, assert_same_weights, compose_train, tiny_overrides
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from foodnet.train import train
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in ("train/loss", "train/acc", "val/loss", "val/acc")}
+
+
+def test_same_seed_twice_gives_identical_metrics(tiny_data, tmp_path, reference_run):
+    # The reference run used no loader workers; this one decodes in 2 worker processes.
+    overrides = tiny_overrides(tiny_data, **{"trainer.max_epochs": REFERENCE_EPOCHS,
+                                             "data.num_workers": 2})
+    train(compose_train(overrides, run_dir=tmp_path))
+    first, first_last = reference_run
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    assert isinstance(first["best_val_acc"], float) and first["epochs"] == REFERENCE_EPOCHS
+    assert (again["best_val_acc"], again["epochs"]) == (first["best_val_acc"], first["epochs"])
+    history = scalars(tmp_path)
+    assert all(len(values) == REFERENCE_EPOCHS for values in history.values())
+    assert history == scalars(first_last.parents[1])
+    assert_same_weights(tmp_path / "checkpoints" / "last.ckpt", first_last)

@@ -255,10 +255,11 @@ def test_gradient_clipping_caps_the_norm_the_optimizer_sees(tiny_data, tmp_path)
 
 
 def test_early_stopping_on_stalled_val_acc_and_metrics_json(tiny_data, tmp_path):
-    # lr 0 with a frozen backbone: val/acc never improves, so patience 1 stops after epoch 2.
+    # A vanishing lr (0 is refused) with a frozen backbone: val/acc never improves, so patience 1
+    # stops after epoch 2.
     cfg = compose_train([*tiny_overrides(tiny_data, **{
         "callbacks": "early_stopping", "callbacks.early_stopping.patience": 1,
-        "model.optimizer.lr": 0.0, "trainer.max_epochs": 5,
+        "model.optimizer.lr": 1e-12, "trainer.max_epochs": 5,
         "data.test_manifest": tiny_data["test"]}), "~logger"], run_dir=tmp_path)
     assert cfg.callbacks.early_stopping.monitor == "val/acc"
     metrics = train(cfg)

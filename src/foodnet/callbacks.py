@@ -12,6 +12,10 @@ SUMMARY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"
 class EpochSummary(L.Callback):
     """Print epoch number, losses, accuracies and wall time once each epoch ends."""
 
+    def on_train_start(self, trainer, pl_module):
+        # A run resumed mid-epoch continues that epoch without on_train_epoch_start.
+        self._start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = time.perf_counter()
 
@@ -22,6 +26,6 @@ class EpochSummary(L.Callback):
         if not trainer.is_global_zero:
             return
         parts = [f"{key} {float(metrics[key]):.4f}" for key in SUMMARY_KEYS if key in metrics]
-        seconds = time.perf_counter() - getattr(self, "_start", time.perf_counter())
+        seconds = time.perf_counter() - self._start
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  " + "  ".join(parts)
               + f"  ({seconds:.1f}s)", flush=True)

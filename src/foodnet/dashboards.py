@@ -113,6 +113,10 @@ class SpeedMonitor(L.Callback):
     one compares across runs and sweeps.
     """
 
+    def on_train_start(self, trainer, pl_module):
+        # A run resumed mid-epoch continues that epoch without on_train_epoch_start.
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer, pl_module):
         self._epoch_start = self._last_batch_end = time.perf_counter()
         self._images = 0

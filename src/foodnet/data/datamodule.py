@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import copy
 from pathlib import Path
 
 import lightning as L
@@ -10,17 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from foodnet.data.dataset import ManifestDataset
+from foodnet.features import FeatureDataset
+from foodnet.hardware import auto_num_workers
 from foodnet.manifest import ManifestError, read_classes, read_manifest
 from foodnet.transforms import eval_transform, train_transform
-
-
-def auto_num_workers() -> int:
-    """Decode in parallel with every core the process may use, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return min(cores, 8)
 
 
 class FoodDataModule(L.LightningDataModule):
@@ -45,7 +38,7 @@ class FoodDataModule(L.LightningDataModule):
         self.augment = augment
         self.batch_size = batch_size
         self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
-        self.datasets: dict[str, ManifestDataset] = {}
+        self.datasets: dict[str, ManifestDataset | FeatureDataset] = {}
 
     def _dataset(self, split: str) -> ManifestDataset | None:
         path = self.manifests[split]
@@ -63,10 +56,31 @@ class FoodDataModule(L.LightningDataModule):
             if split not in self.datasets and self.manifests[split] is not None:
                 self.datasets[split] = self._dataset(split)
 
+    def image_loader(self, split: str, augmented: bool) -> DataLoader:
+        """The split's images in manifest order, with the train or the eval transform, for
+        feature extraction (foodnet.features); its workers exit after each pass."""
+        self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        dataset = copy.copy(self.datasets[split])
+        if not isinstance(dataset, ManifestDataset):
+            raise ValueError(f"the {split} split already serves features, not images")
+        dataset.transform = (train_transform(self.image_size, self.augment) if augmented
+                             else eval_transform(self.image_size))
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+
+    def use_features(self, split: str, dataset: FeatureDataset) -> None:
+        """Serve `split` as precomputed backbone features instead of images."""
+        self.datasets[split] = dataset
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise ValueError(f"no {split} data: set data.{split}_manifest")
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+        dataset = self.datasets[split]
+        if isinstance(dataset, FeatureDataset):
+            # Already in memory: loader workers would only add inter-process copies.
+            return DataLoader(dataset, batch_size=self.batch_size,
+                              sampler=dataset.sampler(shuffle))
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())

@@ -8,9 +8,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
-# CPU flags of the instructions that make bf16 matmuls/convolutions faster than fp32 (oneDNN).
-# Without them PyTorch still runs bf16 on CPU, but emulated, and slower than fp32.
-BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# CPU flags of the units that make bf16 convolutions/matmuls faster than fp32 in oneDNN: AMX
+# tiles. AVX512-BF16 alone is not enough: on a Xeon with avx512_bf16 and no AMX, oneDNN's bf16
+# convolutions ran at 0.58x the fp32 speed (89 vs 155 GFLOPS per core) and ResNet152's forward
+# at 0.65x, so autocast would make foodnet slower there (benchmarks/results/).
+BF16_CPU_FLAGS = frozenset({"amx_bf16"})
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
@@ -39,13 +41,14 @@ def _device_type(accelerator: str) -> str:
 
 
 def auto_precision(accelerator: str = "auto") -> str:
-    """bf16-mixed where the hardware runs bf16 fast, 16-mixed on older CUDA GPUs, else 32-true."""
+    """bf16-mixed where bf16 runs faster than fp32 (CUDA with bf16, CPUs with AMX), 16-mixed on
+    older CUDA GPUs, else 32-true."""
     device = _device_type(accelerator)
     if device == "cuda":
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if device == "cpu" and cpu_runs_bf16_fast():
         return "bf16-mixed"
-    # MPS and CPUs without bf16 instructions: fp32 (not measured faster in mixed precision).
+    # MPS and CPUs without AMX: fp32 (mixed precision not measured faster there).
     return "32-true"
 
 

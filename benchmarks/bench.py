@@ -79,7 +79,6 @@ def _device(requested: str) -> str:
 def _finish(result: dict, t0: float) -> dict:
     import torch
     result["maxrss_main_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["maxrss_worker_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     if torch.cuda.is_available():
         result["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     result["total_s"] = time.time() - t0
@@ -97,6 +96,9 @@ def run_seed(args, data: Path, t0: float) -> dict:
 
     size = args.image_size
     resnet_model = models.get_model(args.arch, weights=None)  # the seed: weights=DEFAULT
+    if args.weights:
+        resnet_model.load_state_dict(torch.load(args.weights, map_location="cpu",
+                                                weights_only=True))
     for param in resnet_model.parameters():
         param.requires_grad = False
     resnet_model.fc = nn.Linear(resnet_model.fc.in_features, 20)
@@ -175,7 +177,8 @@ def run_foodnet(args, data: Path, t0: float, cache_dir: Path | None) -> dict:
     overrides = [
         f"data.train_manifest={data / 'train.txt'}", f"data.val_manifest={data / 'val.txt'}",
         f"data.classes={data / 'classes.txt'}", f"data.image_size={args.image_size}",
-        f"data.batch_size={args.batch_size}", f"model.arch={args.arch}", "model.weights=null",
+        f"data.batch_size={args.batch_size}", f"model.arch={args.arch}",
+        f"model.weights={args.weights or 'null'}",
         f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
         "+callbacks.bench_timer._target_=epoch_timer.EpochTimer",
         f"+callbacks.bench_timer.path={timer_path}",
@@ -293,7 +296,7 @@ def run_variant(args, variant: str, data: Path, work: Path, extra: list[str] = (
             while proc.poll() is None:
                 pss, rss = _tree_memory(proc.pid)
                 peak["pss"], peak["rss"] = max(peak["pss"], pss), max(peak["rss"], rss)
-                time.sleep(0.25)
+                time.sleep(0.5)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -313,7 +316,8 @@ def run_variant(args, variant: str, data: Path, work: Path, extra: list[str] = (
 
 
 def _child_args(args) -> list[str]:
-    return ["--epochs", str(args.epochs), "--arch", args.arch, "--image-size",
+    weights = ["--weights", str(Path(args.weights).resolve())] if args.weights else []
+    return [*weights, "--epochs", str(args.epochs), "--arch", args.arch, "--image-size",
             str(args.image_size), "--batch-size", str(args.batch_size), "--device", args.device,
             "--forward-batches", str(args.forward_batches), "--forward-batch",
             str(args.forward_batch), "--profile-images", str(args.profile_images),
@@ -349,15 +353,20 @@ def report(args, results: dict, forward: dict, profile: dict, started: str) -> s
         f"{_cpu_model()}, {os.cpu_count()} CPUs; torch {_torch_version()}",
         f"- data: {results['seed']['n_train']} train + {results['seed']['n_val']} val JPEGs of "
         f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} (generated, 20 classes), batch {args.batch_size}; "
-        "weights=null (random init, offline: speed does not depend on the weights, accuracy does)",
+        + (f"weights {args.weights}" if args.weights else
+           "weights=null: random init, as there is no internet here. Speed does not depend on "
+           "the weights; accuracy does: a random, uncalibrated ResNet's features are useless, so "
+           "val acc stays at chance (0.05) for every variant. Pass --weights FILE for real "
+           "accuracies; tests/test_features.py proves the fast paths give the same logits."),
         f"- foodnet overrides: {' '.join(args.override) or 'none'}",
         f"- epochs measured: (a) and (b) {args.epochs}, (c) {TARGET_EPOCHS}. The 20-epoch time of "
         "(a) and (b) is projected: setup + first epoch + 19 x mean of the later epochs; "
         "(c) ran all 20.",
         "- setup = process start (after the interpreter) to the first epoch: imports, model, and "
         "for foodnet the feature extraction (val features for (b), all for (c)).",
-        "- epoch = train + validation; img/s = train images / epoch time. Memory: peak PSS of the "
-        "process and its loader workers (sampled every 0.25 s; PSS counts pages shared after fork "
+        "- epoch = train + validation + checkpoint writes (foodnet); img/s = train images / "
+        "epoch time (for (c): the head on cached features). Memory: peak PSS of the "
+        "process and its loader workers (sampled every 0.5 s; PSS counts pages shared after fork "
         "once), and the main process's peak RSS (ru_maxrss). CPU s: user+system seconds of the "
         "whole run, workers included (less sensitive than wall time to other load).",
         "",
@@ -466,6 +475,9 @@ def main() -> None:
                         help="epochs measured for (a) and (b); (c) always runs 20")
     parser.add_argument("--arch", default="resnet152")
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--weights", default=None,
+                        help="a state_dict file for --arch (e.g. resnet152-f82ba261.pth); "
+                             "default: random init")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--forward-batches", type=int, default=2,

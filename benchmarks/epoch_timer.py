@@ -14,22 +14,32 @@ import torch
 
 
 class EpochTimer(L.Callback):
+    """An epoch lasts from its start to the next one's (or the end of fit): that includes the
+    checkpoint writes, which Lightning runs after every other callback's epoch-end hook."""
+
     def __init__(self, path: str):
         self.path = Path(path)
         self.record = {"epochs": []}
 
+    def _close_epoch(self, trainer) -> None:
+        if self.record["epochs"] and "end" not in self.record["epochs"][-1]:
+            if trainer.strategy.root_device.type == "cuda":
+                torch.cuda.synchronize()
+            self.record["epochs"][-1]["end"] = time.time()
+            self.path.write_text(json.dumps(self.record))
+
     def on_fit_start(self, trainer, pl_module):
         self.record["t_fit_start"] = time.time()
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.time()
-
-    def on_train_epoch_end(self, trainer, pl_module):  # runs after validation
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()
-        val_acc = trainer.callback_metrics.get("val/acc")
-        self.record["epochs"].append({"start": self._start, "end": time.time(),
-                                      "val_acc": None if val_acc is None else float(val_acc)})
         self.record.update(precision=str(trainer.precision),
                            device=str(trainer.strategy.root_device))
-        self.path.write_text(json.dumps(self.record))
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._close_epoch(trainer)
+        self.record["epochs"].append({"start": time.time()})
+
+    def on_train_epoch_end(self, trainer, pl_module):  # after validation
+        val_acc = trainer.callback_metrics.get("val/acc")
+        self.record["epochs"][-1]["val_acc"] = None if val_acc is None else float(val_acc)
+
+    def on_fit_end(self, trainer, pl_module):
+        self._close_epoch(trainer)

@@ -20,9 +20,19 @@ from foodnet.features import (
 )
 from foodnet.model import create_model
 from foodnet.module import FoodClassifier
-from foodnet.train import check_cache_features, train
+from foodnet.train import build, check_cache_features, train, use_backbone_features
 
 BF16 = {"atol": 0.05, "rtol": 0.05}  # bf16 keeps 8 bits of mantissa
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """A 32px ResNet18 gains nothing from intra-op threads; on a busy machine their barriers
+    cost more than the convolutions."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _datamodule(data, **kwargs) -> FoodDataModule:
@@ -203,6 +213,17 @@ def test_normal_run_computes_validation_features_once(tiny_data, tmp_path, capsy
     out = capsys.readouterr().out
     assert out.count("features: val: 40 images x 1 view(s)") == 1 and "(in memory)" in out
     assert "features: train" not in out
+
+
+@pytest.mark.parametrize(("overrides", "val_features"), [
+    ({}, True), ({"debug": "fast"}, False), ({"+trainer.limit_val_batches": 1}, False),
+    ({"model.freeze": "false"}, False)])
+def test_validation_features_only_for_a_frozen_backbone_and_full_validation(
+        tiny_data, tmp_path, overrides, val_features):
+    cfg = compose_train(tiny_overrides(tiny_data, **overrides), run_dir=tmp_path)
+    datamodule, module, trainer = build(cfg)
+    use_backbone_features(cfg, datamodule, module, trainer)
+    assert isinstance(datamodule.datasets.get("val"), FeatureDataset) is val_features
 
 
 def test_feature_loader_serves_features_without_workers(tiny_data):

@@ -44,6 +44,13 @@ def check_cache_features(cfg: DictConfig) -> None:
                          "or cache_features=false to train the whole network")
 
 
+def validates_everything(trainer: L.Trainer) -> bool:
+    """False for runs that validate a few batches only (debug=fast, limit_val_batches), which
+    would pay for extracting the whole validation set up front."""
+    limit = trainer.limit_val_batches  # an int counts batches, a float is a fraction
+    return not trainer.fast_dev_run and isinstance(limit, float) and limit == 1.0
+
+
 def use_backbone_features(cfg: DictConfig, datamodule: FoodDataModule, module: FoodClassifier,
                           trainer: L.Trainer) -> None:
     """Compute frozen-backbone features once instead of every epoch (foodnet.features).
@@ -59,7 +66,7 @@ def use_backbone_features(cfg: DictConfig, datamodule: FoodDataModule, module: F
                              "finetuning callback unfreezes it; set cache_features=false")
         splits = [s for s in ("train", "val", "test") if cfg.data.get(f"{s}_manifest")]
         cache = FeatureCache(cfg.cache_dir)
-    elif frozen and cfg.data.get("val_manifest"):
+    elif frozen and cfg.data.get("val_manifest") and validates_everything(trainer):
         splits, cache = ["val"], None
     else:
         return

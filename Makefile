@@ -36,6 +36,9 @@ tensorboard: install  ## serve every run under outputs/ and multirun/ on http://
 	$(VENV)/bin/tensorboard --logdir_spec outputs:outputs,multirun:multirun --host 127.0.0.1 --port 6006 \
 		--samples_per_plugin images=100  # keep a confusion matrix per epoch, not a sample of 10
 
+bench: install  ## seed recipe vs foodnet vs cache_features on generated photos (~20 min on 2 CPU cores)
+	$(PY) benchmarks/bench.py $(ARGS)
+
 clean:  ## remove generated data, runs and caches (keeps .venv)
 	rm -rf data/demo outputs multirun lightning_logs .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

@@ -46,9 +46,14 @@ class FoodClassifier(L.LightningModule):
                  class_names: list[str] | None = None, image_size: int | None = None,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
                  scheduler: SchedulerFactory | None = None, scheduler_interval: str = "epoch",
-                 label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None):
+                 label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None,
+                 channels_last: bool = False):
         super().__init__()
         self.net = net
+        # NHWC layout: oneDNN (CPU) and tensor cores (CUDA) run convolutions faster in it.
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.optimizer_factory = optimizer
         if scheduler_interval not in INTERVALS:
             raise ValueError(f"scheduler.interval={scheduler_interval} must be one of "
@@ -92,6 +97,16 @@ class FoodClassifier(L.LightningModule):
         self.train()  # Lightning restores per-module modes around validation: start them right
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from images (N, C, H, W), or from pooled backbone features (N, F)."""
+        if x.ndim == 2:
+            # foodnet.features served the frozen backbone's output: only the head runs, on the
+            # same features the backbone would give, so the logits are those of self.net(images).
+            if not self.net.backbone_frozen:
+                raise RuntimeError("got precomputed backbone features, but the backbone is "
+                                   "trainable now: features are only valid for a frozen backbone")
+            return self.net.head(x.to(self.net.head.weight.dtype))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def train(self, mode: bool = True) -> FoodClassifier:

@@ -14,12 +14,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import BaseFinetuning, LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from foodnet.checkpoint import CheckpointError
 from foodnet.data import FoodDataModule
+from foodnet.features import FeatureCache, attach_features
 from foodnet.finetune import create_finetuning
 from foodnet.images import ImageLoadError
 from foodnet.manifest import ManifestError
@@ -48,7 +49,8 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
                             scheduler_interval=cfg.scheduler.interval,
                             label_smoothing=cfg.model.label_smoothing,
                             class_weights=_class_weights(cfg.model.class_weights, datamodule,
-                                                         cfg.model.num_classes))
+                                                         cfg.model.num_classes),
+                            channels_last=cfg.get("channels_last", False))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if finetuning is not None:
         callbacks.append(finetuning)
@@ -72,11 +74,53 @@ def _class_weights(option, datamodule: FoodDataModule, num_classes: int) -> list
     return [float(w) for w in option]
 
 
+def check_cache_features(cfg: DictConfig) -> None:
+    """cache_features needs a backbone that never changes; say so before anything is built."""
+    if cfg.get("cache_features") and not cfg.model.freeze:
+        raise ValueError("cache_features=true needs a frozen backbone, but model.freeze=false: "
+                         "the backbone's features change as it trains. Set model.freeze=true, "
+                         "or cache_features=false to train the whole network")
+
+
+def validates_everything(trainer: L.Trainer) -> bool:
+    """False for runs that validate a few batches only (debug=fast, limit_val_batches), which
+    would pay for extracting the whole validation set up front."""
+    limit = trainer.limit_val_batches  # an int counts batches, a float is a fraction
+    return not trainer.fast_dev_run and isinstance(limit, float) and limit == 1.0
+
+
+def use_backbone_features(cfg: DictConfig, datamodule: FoodDataModule, module: FoodClassifier,
+                          trainer: L.Trainer) -> None:
+    """Compute frozen-backbone features once instead of every epoch (foodnet.features).
+
+    cache_features=true: train, val and test come from the on-disk cache. Otherwise, while the
+    backbone stays frozen for the whole run, the validation features are computed once in memory.
+    """
+    unfreezes = any(isinstance(c, BaseFinetuning) for c in trainer.callbacks)
+    frozen = module.net.backbone_frozen and not unfreezes
+    if cfg.get("cache_features"):
+        if not frozen:
+            raise ValueError("cache_features=true needs a backbone that stays frozen, but a "
+                             "finetuning callback unfreezes it; set cache_features=false")
+        splits = [s for s in ("train", "val", "test") if cfg.data.get(f"{s}_manifest")]
+        cache = FeatureCache(cfg.cache_dir)
+    elif frozen and cfg.data.get("val_manifest") and validates_everything(trainer):
+        splits, cache = ["val"], None
+    else:
+        return
+    attach_features(datamodule, module.net, splits, cache=cache,
+                    train_views=cfg.get("cache_views", 1), seed=cfg.seed,
+                    device=trainer.strategy.root_device, precision=str(trainer.precision),
+                    forward_context=trainer.precision_plugin.forward_context,
+                    channels_last=module.channels_last)
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint when a test manifest is given, write metrics.json."""
     run_dir = Path(cfg.paths.output_dir)
     print(f"run dir: {run_dir}", flush=True)
     check_settings(cfg.model.arch, cfg.model.weights, cfg.model.optimizer.get("lr"))
+    check_cache_features(cfg)
     L.seed_everything(cfg.seed, workers=True)
     try:
         datamodule, module, trainer = build(cfg)
@@ -90,6 +134,7 @@ def train(cfg: DictConfig) -> dict:
         check_resume(ckpt_path, cfg.model.arch, cfg.model.num_classes, trainer.max_epochs)
         print(f"resuming from {ckpt_path}", flush=True)
     datamodule.setup("fit")  # read the manifests now: a bad label stops the run before training
+    use_backbone_features(cfg, datamodule, module, trainer)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     checkpoint = trainer.checkpoint_callback

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
@@ -20,20 +20,13 @@ from foodnet.data.dataset import (
     record_skip,
 )
 from foodnet.data.sampling import EpochSampler, SeededSamples
+from foodnet.features import FeatureDataset
+from foodnet.hardware import auto_num_workers
 from foodnet.manifest import ManifestError, read_classes
 from foodnet.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 VALIDATE_MODES = ("quick", "full")
-
-
-def auto_num_workers() -> int:
-    """Decode in parallel with every core the process may use, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return min(cores, 8)
 
 
 class FoodDataModule(L.LightningDataModule):
@@ -68,7 +61,7 @@ class FoodDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.validate = validate
         self.seed = seed
-        self.datasets: dict[str, ManifestDataset] = {}
+        self.datasets: dict[str, ManifestDataset | FeatureDataset] = {}
         # Every image skipped under on_bad_image=skip, by MANIFEST:LINE (train.py reports them).
         self.skipped: dict[str, BadImage] = {}
 
@@ -103,10 +96,30 @@ class FoodDataModule(L.LightningDataModule):
                          else eval_transform(self.image_size))
             self.datasets[split] = ManifestDataset(samples, transform)
 
+    def image_loader(self, split: str, augmented: bool) -> DataLoader:
+        """The split's images in manifest order, with the train or the eval transform, for
+        feature extraction (foodnet.features); its workers exit after each pass."""
+        self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        dataset = copy.copy(self.datasets[split])
+        if not isinstance(dataset, ManifestDataset):
+            raise ValueError(f"the {split} split already serves features, not images")
+        dataset.transform = (train_transform(self.image_size, self.augment) if augmented
+                             else eval_transform(self.image_size))
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+
+    def use_features(self, split: str, dataset: FeatureDataset) -> None:
+        """Serve `split` as precomputed backbone features instead of images."""
+        self.datasets[split] = dataset
+
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
             raise ValueError(f"no {split} data: set data.{split}_manifest")
         dataset = self.datasets[split]
+        if isinstance(dataset, FeatureDataset):
+            # Already in memory: loader workers would only add inter-process copies.
+            return DataLoader(dataset, batch_size=self.batch_size,
+                              sampler=dataset.sampler(split == "train"))
         world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer \
             else (1, 0)
         if split == "train":

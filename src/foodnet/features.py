@@ -1,0 +1,259 @@
+"""Frozen-backbone features (the fast path): extract them once, cache them, train only the head.
+
+A frozen backbone in eval mode maps an image to the same pooled features every epoch, so with a
+deterministic transform they can be computed once. Training the head on them gives the same logits
+as running the whole network (same head, same features); the LightningModule still holds the full
+network, so checkpoints are complete models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from foodnet.manifest import Sample
+
+if TYPE_CHECKING:
+    from foodnet.data import FoodDataModule
+    from foodnet.model import TransferNet
+
+# Bump when the cache file layout or what goes into the key changes: old files are then ignored.
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Pooled backbone features of one split: `views` passes over the same N images."""
+
+    features: torch.Tensor  # (views, N, num_features), in the dtype the backbone produced
+    labels: torch.Tensor  # (N,) int64
+
+    @property
+    def views(self) -> int:
+        return self.features.shape[0]
+
+    def __len__(self) -> int:
+        return self.features.shape[1]
+
+
+class FeatureDataset(Dataset):
+    """Index `view * N + i` is image i's features in that view; FeatureSampler picks the view."""
+
+    def __init__(self, feature_set: FeatureSet, seed: int = 0):
+        self.feature_set = feature_set
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.feature_set.views * len(self.feature_set)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        view, i = divmod(index, len(self.feature_set))
+        return self.feature_set.features[view, i], self.feature_set.labels[i]
+
+    def sampler(self, shuffle: bool) -> FeatureSampler:
+        return FeatureSampler(len(self.feature_set), self.feature_set.views, shuffle, self.seed)
+
+
+class FeatureSampler(Sampler[int]):
+    """One view per epoch (epoch e uses view e % views), in a fresh order when shuffling.
+
+    Lightning calls set_epoch before every epoch; the order depends only on (seed, epoch), so a
+    resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, num_items: int, views: int = 1, shuffle: bool = True, seed: int = 0):
+        self.num_items, self.views, self.shuffle, self.seed = num_items, views, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __iter__(self) -> Iterator[int]:
+        offset = (self.epoch % self.views) * self.num_items
+        if not self.shuffle:
+            return iter(range(offset, offset + self.num_items))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter((torch.randperm(self.num_items, generator=generator) + offset).tolist())
+
+
+def _digest(update: Callable[[hashlib._Hash], None]) -> str:
+    hasher = hashlib.sha256()
+    update(hasher)
+    return hasher.hexdigest()
+
+
+def state_dict_digest(module: nn.Module) -> str:
+    """Identity of a network's weights and buffers (BatchNorm statistics included)."""
+    def update(hasher):
+        for name, tensor in module.state_dict().items():
+            tensor = tensor.detach().cpu().contiguous().reshape(-1)  # logical order, any layout
+            hasher.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            hasher.update(tensor.view(torch.uint8).numpy().tobytes())
+    return _digest(update)
+
+
+def samples_digest(samples: Sequence[Sample]) -> str:
+    """Identity of a manifest's content: each image's resolved path, label, size and mtime."""
+    def update(hasher):
+        for sample in samples:
+            try:
+                stat = sample.path.stat()
+                signature = f"{stat.st_size}:{stat.st_mtime_ns}"
+            except OSError:  # a missing image fails later, at decode, with its manifest line
+                signature = "missing"
+            hasher.update(f"{sample.path.resolve()}\t{sample.label}\t{signature}\n".encode())
+    return _digest(update)
+
+
+def cache_key(**parts) -> str:
+    """A hex digest of everything that determines the features (plain JSON-able values)."""
+    text = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@torch.inference_mode()
+def extract_features(backbone: nn.Module, loader: Iterable, *, device: torch.device | str = "cpu",
+                     forward_context: Callable[[], contextlib.AbstractContextManager] = (
+                         contextlib.nullcontext),
+                     channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the backbone in eval mode over (images, labels) batches -> features (N, F), labels."""
+    was_training = backbone.training
+    backbone.eval()
+    features, labels = [], []
+    try:
+        for images, targets in loader:
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with forward_context():
+                features.append(backbone(images).cpu())
+            labels.append(torch.as_tensor(targets))
+    finally:
+        backbone.train(was_training)
+    if not features:
+        raise ValueError("no images to extract features from (empty loader)")
+    return torch.cat(features), torch.cat(labels).long()
+
+
+def extract_views(backbone: nn.Module, loader: DataLoader, views: int, seed: int = 0,
+                  **kwargs) -> FeatureSet:
+    """`views` passes of extract_features; view v's random augmentations are seeded by seed + v."""
+    per_view, labels = [], None
+    for view in range(views):
+        # A fixed seed per view makes augmented views reproducible, whatever ran before.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + view)
+            features, view_labels = extract_features(backbone, loader, **kwargs)
+        if labels is not None and not torch.equal(labels, view_labels):
+            raise RuntimeError("feature extraction needs an unshuffled loader: labels differ "
+                               "between views")
+        per_view.append(features)
+        labels = view_labels
+    return FeatureSet(torch.stack(per_view), labels)
+
+
+class FeatureCache:
+    """Feature sets on disk, one file per key; written atomically, read with weights_only=True."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def path(self, name: str, key: str) -> Path:
+        return self.directory / f"{name}-{key[:32]}.pt"
+
+    def load(self, path: Path) -> FeatureSet | None:
+        if not path.is_file():
+            return None
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            return FeatureSet(data["features"], data["labels"])
+        except Exception as err:  # torch raises several types for truncated or foreign files
+            raise ValueError(f"{path}: unreadable feature cache file ({err}); delete it to "
+                             "extract the features again") from None
+
+    def save(self, path: Path, feature_set: FeatureSet, meta: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"features": feature_set.features, "labels": feature_set.labels,
+                    "meta": meta}, partial)
+        os.replace(partial, path)  # readers never see a half-written file
+
+
+@dataclass(frozen=True)
+class FeatureReport:
+    """How one split's features were obtained, for the log and the tests."""
+
+    split: str
+    images: int
+    views: int
+    cache_hit: bool
+    path: Path | None
+    seconds: float
+
+
+def attach_features(datamodule: FoodDataModule, net: TransferNet, splits: Iterable[str], *,
+                    cache: FeatureCache | None = None, train_views: int = 1, seed: int = 0,
+                    device: torch.device | str = "cpu", precision: str = "32-true",
+                    forward_context: Callable[[], contextlib.AbstractContextManager] = (
+                        contextlib.nullcontext),
+                    channels_last: bool = False) -> list[FeatureReport]:
+    """Serve `splits` of the datamodule as frozen-backbone features (from `cache` when given).
+
+    Train uses `train_views` views: 1 is the deterministic eval transform, more are augmented
+    passes of the train transform. Other splits use the eval transform.
+    """
+    if not net.backbone_frozen:
+        raise ValueError("backbone features can only be reused with a frozen backbone "
+                         "(model.freeze=true)")
+    if train_views < 1:
+        raise ValueError(f"cache_views={train_views} must be at least 1")
+    if train_views > 1 and not datamodule.augment:
+        raise ValueError(f"cache_views={train_views} with data.augment=false would store "
+                         f"{train_views} identical views; set cache_views=1 or data.augment=true")
+    net.to(device)
+    weights = state_dict_digest(net.backbone) if cache is not None else ""
+    reports = []
+    for split in splits:
+        views = train_views if split == "train" else 1
+        augmented = views > 1
+        loader = datamodule.image_loader(split, augmented=augmented)
+        dataset = loader.dataset
+        start = time.perf_counter()
+        path, feature_set = None, None
+        if cache is not None:
+            key = cache_key(samples=samples_digest(dataset.samples),
+                            transform=repr(dataset.transform), arch=net.arch, weights=weights,
+                            image_size=datamodule.image_size, views=views,
+                            seed=seed if augmented else None, precision=precision)
+            path = cache.path(split, key)
+            feature_set = cache.load(path)
+        hit = feature_set is not None
+        if feature_set is None:
+            feature_set = extract_views(net.backbone, loader, views, seed=seed,
+                                        device=device, forward_context=forward_context,
+                                        channels_last=channels_last)
+            if cache is not None:
+                cache.save(path, feature_set, {"split": split, "arch": net.arch,
+                                               "views": views, "precision": precision})
+        datamodule.use_features(split, FeatureDataset(feature_set, seed=seed))
+        report = FeatureReport(split, len(feature_set), views, hit, path,
+                               time.perf_counter() - start)
+        where = f" ({'read from' if hit else 'saved to'} {path})" if path else " (in memory)"
+        print(f"features: {split}: {report.images} images x {views} view(s) in "
+              f"{report.seconds:.1f}s{where}", flush=True)
+        reports.append(report)
+    return reports

@@ -116,24 +116,25 @@ class FoodDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise ValueError(f"no {split} data: set data.{split}_manifest")
         dataset = self.datasets[split]
-        if isinstance(dataset, FeatureDataset):
-            # Already in memory: loader workers would only add inter-process copies.
-            return DataLoader(dataset, batch_size=self.batch_size,
-                              sampler=dataset.sampler(split == "train"))
         world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer \
             else (1, 0)
-        if split == "train":
-            # Order and augmentation come from (seed, epoch) only: see foodnet.data.sampling.
-            sampler = EpochSampler(dataset, self.seed, world_size, rank,
-                                   position=self._train_position if self.trainer else None)
-            dataset = SeededSamples(dataset)
-        elif world_size > 1:
+        if split != "train" and world_size > 1:
             # Lightning's default DistributedSampler pads with repeated samples; evaluation must
             # count each sample exactly once (torchmetrics sums the ranks' states).
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank,
                                                    shuffle=False)
+        elif isinstance(dataset, FeatureDataset):
+            sampler = dataset.sampler(shuffle=split == "train")
+        elif split == "train":
+            # Order and augmentation come from (seed, epoch) only: see foodnet.data.sampling.
+            sampler = EpochSampler(dataset, self.seed, world_size, rank,
+                                   position=self._train_position if self.trainer else None)
+            dataset = SeededSamples(dataset)
         else:
             sampler = None
+        if isinstance(dataset, FeatureDataset):
+            # Already in memory: loader workers would only add inter-process copies.
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
         return SkippingLoader(dataset, on_bad_image=self.on_bad_image, skipped=self.skipped,
                               batch_size=self.batch_size, sampler=sampler,
                               num_workers=self.num_workers,

@@ -355,9 +355,10 @@ def report(args, results: dict, forward: dict, profile: dict, started: str) -> s
         f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} (generated, 20 classes), batch {args.batch_size}; "
         + (f"weights {args.weights}" if args.weights else
            "weights=null: random init, as there is no internet here. Speed does not depend on "
-           "the weights; accuracy does: a random, uncalibrated ResNet's features are useless, so "
-           "val acc stays at chance (0.05) for every variant. Pass --weights FILE for real "
-           "accuracies; tests/test_features.py proves the fast paths give the same logits."),
+           "the weights; accuracy does: a random, uncalibrated ResNet's features are near "
+           "useless, so val acc stays near chance (0.05) for every variant. Pass --weights FILE "
+           "for real accuracies; tests/test_features.py proves the fast paths give the same "
+           "logits."),
         f"- foodnet overrides: {' '.join(args.override) or 'none'}",
         f"- epochs measured: (a) and (b) {args.epochs}, (c) {TARGET_EPOCHS}. The 20-epoch time of "
         "(a) and (b) is projected: setup + first epoch + 19 x mean of the later epochs; "
@@ -384,6 +385,13 @@ def report(args, results: dict, forward: dict, profile: dict, started: str) -> s
             f"{r['maxrss_main_mib']:.0f} | {s['val_acc']:.3f} | "
             f"{base['epoch_s'] / s['epoch_s']:.1f}x | {base['total_s'] / s['total_s']:.1f}x | "
             f"{r['cpu_s']:.0f} | {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f} |")
+    warm = rows["(c) cache_features, warm cache"]["epochs"]
+    first, later = warm[0]["end"] - warm[0]["start"], summary["(c) cache_features, warm cache"]
+    lines += ["", f"Checkpoints: the first epoch of (c) warm took {first:.2f} s against "
+              f"{later['epoch_s']:.2f} s for the others, the difference being mostly the best and "
+              "last checkpoints (full models) it wrote. Lightning writes them only in epochs where "
+              "val/acc improves; here (random weights) that was only the first, so a run that "
+              "improves every epoch adds that much to each epoch."]
     lines += ["", "Feature extraction:", ""]
     for name in ("(b) foodnet defaults", "(c) cache_features, cold cache",
                  "(c) cache_features, warm cache"):
@@ -489,6 +497,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep data, runs and logs here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=None, help="markdown report path")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="re-render the report of a previous run from its .json")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -507,6 +517,14 @@ def main() -> None:
             result = run_foodnet(args, args.data, t0, args.cache_dir)
         result["t0"] = t0
         Path(args.json).write_text(json.dumps(result))
+        return
+
+    if args.from_json:  # re-render a report from a previous run's JSON
+        saved = json.loads(args.from_json.read_text())
+        text = report(args, saved["results"], saved["forward"], saved["profile"],
+                      saved.get("started", "?"))
+        (args.out or args.from_json.with_suffix(".md")).write_text(text)
+        print(text)
         return
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -534,7 +552,8 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         (out.with_suffix(".json")).write_text(json.dumps(
-            {"results": results, "forward": forward, "profile": profile}, indent=1))
+            {"results": results, "forward": forward, "profile": profile, "started": started},
+            indent=1))
         print(f"[bench] wrote {out}", flush=True)
     finally:
         if args.workdir is None:

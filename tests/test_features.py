@@ -205,6 +205,11 @@ def test_cached_training_learns_the_same_head_as_normal_training(tiny_data, tmp_
             logits = best(torch.cat(images))
         accuracy = (logits.argmax(1) == torch.cat(labels)).float().mean().item()
         assert accuracy == pytest.approx(measured, abs=1e-6), split
+        # ... and its head on the cached features gives the logits of the whole model on images.
+        (cached_file,) = (tmp_path / "cache").glob(f"{split}-*.pt")
+        features = torch.load(cached_file, weights_only=True)["features"][0]
+        with torch.no_grad():
+            torch.testing.assert_close(best.head(features), logits, atol=1e-4, rtol=1e-4)
     assert info.num_classes == 20 and cached["epochs"] == 3
 
 

@@ -90,33 +90,27 @@ class FeatureSampler(Sampler[int]):
         return iter((torch.randperm(self.num_items, generator=generator) + offset).tolist())
 
 
-def _digest(update: Callable[[hashlib._Hash], None]) -> str:
-    hasher = hashlib.sha256()
-    update(hasher)
-    return hasher.hexdigest()
-
-
 def state_dict_digest(module: nn.Module) -> str:
     """Identity of a network's weights and buffers (BatchNorm statistics included)."""
-    def update(hasher):
-        for name, tensor in module.state_dict().items():
-            tensor = tensor.detach().cpu().contiguous().reshape(-1)  # logical order, any layout
-            hasher.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            hasher.update(tensor.view(torch.uint8).numpy().tobytes())
-    return _digest(update)
+    hasher = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)  # logical order, any layout
+        hasher.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        hasher.update(tensor.view(torch.uint8).numpy().tobytes())
+    return hasher.hexdigest()
 
 
 def samples_digest(samples: Sequence[Sample]) -> str:
     """Identity of a manifest's content: each image's resolved path, label, size and mtime."""
-    def update(hasher):
-        for sample in samples:
-            try:
-                stat = sample.path.stat()
-                signature = f"{stat.st_size}:{stat.st_mtime_ns}"
-            except OSError:  # a missing image fails later, at decode, with its manifest line
-                signature = "missing"
-            hasher.update(f"{sample.path.resolve()}\t{sample.label}\t{signature}\n".encode())
-    return _digest(update)
+    hasher = hashlib.sha256()
+    for sample in samples:
+        try:
+            stat = sample.path.stat()
+            signature = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:  # a missing image fails later, at decode, with its manifest line
+            signature = "missing"
+        hasher.update(f"{sample.path.resolve()}\t{sample.label}\t{signature}\n".encode())
+    return hasher.hexdigest()
 
 
 def cache_key(**parts) -> str:

@@ -11,7 +11,8 @@ import torch
 # CPU flags of the units that make bf16 convolutions/matmuls faster than fp32 in oneDNN: AMX
 # tiles. AVX512-BF16 alone is not enough: on a Xeon with avx512_bf16 and no AMX, oneDNN's bf16
 # convolutions ran at 0.58x the fp32 speed (89 vs 155 GFLOPS per core) and ResNet152's forward
-# at 0.65x, so autocast would make foodnet slower there (benchmarks/results/).
+# at 0.77x (channels_last) to 0.93x (contiguous), so autocast would make foodnet slower there
+# (benchmarks/results/).
 BF16_CPU_FLAGS = frozenset({"amx_bf16"})
 
 

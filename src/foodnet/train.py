@@ -165,6 +165,8 @@ def train(cfg: DictConfig) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print(json.dumps(metrics, indent=2), flush=True)
+        print(f"checkpoints: {run_dir / 'checkpoints'}\nTensorBoard logs: {run_dir / 'tensorboard'}"
+              " (make tensorboard, then open http://127.0.0.1:6006)", flush=True)
     return metrics
 
 

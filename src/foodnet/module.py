@@ -4,6 +4,7 @@ trainable parameters and an optional learning-rate schedule."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import lightning as L
@@ -21,6 +22,10 @@ from torchmetrics.classification import (
 from foodnet.model import TransferNet
 from foodnet.schedulers import INTERVALS
 from foodnet.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+# The frozen backbone is in eval mode on purpose (BatchNorm statistics must not drift).
+warnings.filterwarnings("ignore",
+                        message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # (optimizer, number of scheduler steps in the run) -> scheduler; see foodnet.schedulers.

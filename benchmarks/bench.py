@@ -46,7 +46,7 @@ def make_photos(out: Path, images: int, seed: int = 0) -> dict[str, Path]:
     import numpy as np
 
     from foodnet.data.demo import CLASS_NAMES, draw_sample
-    from foodnet.manifest import write_classes, write_manifest
+    from foodnet.data.manifest import write_classes, write_manifest
 
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def run_foodnet(args, data: Path, t0: float, cache_dir: Path | None) -> dict:
     from hydra import compose, initialize_config_dir
 
     from foodnet.hardware import auto_num_workers
-    from foodnet.manifest import read_manifest
+    from foodnet.data.manifest import read_manifest
     from foodnet.train import train
 
     timer_path = Path(args.json).with_suffix(".epochs.json")
@@ -198,7 +198,7 @@ def run_foodnet(args, data: Path, t0: float, cache_dir: Path | None) -> dict:
                   num_workers=auto_num_workers() if workers == "auto" else workers,
                   n_train=len(read_manifest(data / "train.txt")),
                   n_val=len(read_manifest(data / "val.txt")),
-                  best_val_acc=metrics["best_val_acc"])
+                  best_val_acc=metrics["val/acc_best"])
     return _finish(result, t0)
 
 
@@ -237,9 +237,9 @@ def run_forward(args) -> dict:
 
 def run_profile(args, data: Path) -> dict:
     """Per-image cost of decoding and of each transform, single process (ms per image)."""
-    from foodnet.images import load_rgb
-    from foodnet.manifest import read_manifest
-    from foodnet.transforms import eval_transform, train_transform
+    from foodnet.data.images import load_rgb
+    from foodnet.data.manifest import read_manifest
+    from foodnet.data.preprocessing import eval_transform, train_transform
 
     samples = read_manifest(data / "train.txt")[: args.profile_images]
     timings = {"decode": 0.0, "train transform": 0.0, "eval transform": 0.0}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from foodnet.data.demo import make_demo_dataset
+from foodnet.logs import console_logging
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "conf"
@@ -19,6 +20,13 @@ def _offline_torch_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("torch_home")
     monkeypatch.setenv("TORCH_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def _console_logging():
+    """foodnet's lines on the console as the entry points set them up (train under Hydra: info on
+    stdout, errors on stderr), for tests that call train() or evaluate() in-process."""
+    console_logging()
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +80,8 @@ def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
     import torch
 
     from foodnet.data import FoodDataModule
-    from foodnet.model import create_model
-    from foodnet.module import FoodClassifier
+    from foodnet.models.transfer import create_model
+    from foodnet.training.module import FoodClassifier
 
     L.seed_everything(0)
     out = tmp_path_factory.mktemp("tiny_checkpoint")
@@ -94,9 +102,9 @@ def checkpoint_probs(checkpoint: Path, images: list[Path], image_size: int | Non
     """Class probabilities computed by hand: load_model, the eval preset, softmax."""
     import torch
 
-    from foodnet.checkpoint import load_model
-    from foodnet.images import load_rgb
-    from foodnet.transforms import eval_transform
+    from foodnet.data.images import load_rgb
+    from foodnet.data.preprocessing import eval_transform
+    from foodnet.models.checkpoint import load_model
 
     net, info = load_model(checkpoint)
     transform = eval_transform(image_size or info.image_size, info.mean, info.std)

@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 from foodnet.data import FoodDataModule, ManifestDataset
 from foodnet.data.check import check_manifest
 from foodnet.data.dataset import SkippingLoader
-from foodnet.images import ImageLoadError
-from foodnet.manifest import ManifestError, read_manifest
-from foodnet.transforms import eval_transform
+from foodnet.data.manifest import read_manifest
+from foodnet.data.preprocessing import eval_transform
+from foodnet.errors import ImageLoadError, ManifestError
 
 NUM_CLASSES = 3
 
@@ -313,7 +313,7 @@ def test_train_skip_policy_counts_the_broken_image(broken_train, tmp_path):
     (skipped,) = saved["skipped"]
     assert skipped.startswith(f"{data['train']}:13: truncated or undecodable image (")
     assert skipped.endswith(f") ({bad})")
-    assert saved["epochs"] == 1 and saved["best_val_acc"] is not None
+    assert saved["epochs"] == 1 and saved["val/acc_best"] is not None
 
 
 def test_train_error_policy_exits_naming_file_and_line(broken_train, tmp_path, monkeypatch,

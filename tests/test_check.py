@@ -64,7 +64,7 @@ def test_classes_and_num_classes_must_agree(tmp_path, capsys):
     (tmp_path / "m.txt").write_text("x.png 0\n")
     code = main(["check", str(tmp_path / "m.txt"), "--classes", str(tmp_path / "classes.txt"),
                  "--num-classes", "3"])
-    assert code == 1
+    assert code == 2  # a user's mistake (errors.py's exit codes)
     assert "lists 2 classes but --num-classes 3" in capsys.readouterr().err
 
 

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from foodnet.checkpoint import CheckpointError, load_model, read_checkpoint
-from foodnet.model import create_model
-from foodnet.module import FoodClassifier
+from foodnet.errors import CheckpointError
+from foodnet.models.checkpoint import load_model, read_checkpoint
+from foodnet.models.transfer import create_model
+from foodnet.training.module import FoodClassifier
 
 
 @pytest.fixture

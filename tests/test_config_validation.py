@@ -7,8 +7,7 @@ import pytest
 import torch
 from conftest import compose_train, subprocess_env, tiny_overrides
 
-from foodnet.manifest import ManifestError
-from foodnet.model import WeightsError
+from foodnet.errors import ManifestError, WeightsError
 from foodnet.train import train
 
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import compose_train, tiny_overrides
 from PIL import Image
 
-from foodnet.dashboards import confusion_matrix_figure, figure_to_array, image_grid_figure
+from foodnet.reports.figures import confusion_matrix_figure, figure_to_array, image_grid_figure
 from foodnet.train import train
 
 EPOCHS = 2
@@ -107,7 +107,7 @@ def test_tensorboard_serves_scalars_images_and_hparams_of_a_run(finished_run, tm
 
         val_acc = scalars("val/acc")
         assert len(val_acc) == EPOCHS
-        assert scalars("val/acc_best")[-1][2] == pytest.approx(metrics["best_val_acc"])
+        assert scalars("val/acc_best")[-1][2] == pytest.approx(metrics["val/acc_best"])
         assert scalars("lr-Adam")[-1][2] == pytest.approx(0.01)
         assert all(value > 0 for _, _, value in scalars("speed/train_images_per_sec"))
         assert len(scalars("speed/epoch_seconds")) == EPOCHS
@@ -128,7 +128,7 @@ def test_tensorboard_serves_scalars_images_and_hparams_of_a_run(finished_run, tm
 
         experiment = server.post_json("/data/plugin/hparams/experiment", {"experimentName": ""})
         names = {info["name"] for info in experiment["hparamInfos"]}
-        assert {"lr", "weight_decay", "batch_size", "arch", "image_size", "weights", "freeze",
+        assert {"lr", "weight_decay", "batch_size", "arch", "image_size", "weights", "finetune",
                 "augment", "max_epochs", "optimizer", "seed"} <= names
         assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["val/acc_best"]
         groups = server.post_json("/data/plugin/hparams/session_groups", {
@@ -143,7 +143,7 @@ def test_tensorboard_serves_scalars_images_and_hparams_of_a_run(finished_run, tm
         assert len(groups) == 1
         assert groups[0]["hparams"] == {"lr": 0.01, "weight_decay": 1e-4, "batch_size": 16,
                                         "arch": "resnet18"}
-        assert groups[0]["metricValues"][0]["value"] == pytest.approx(metrics["best_val_acc"])
+        assert groups[0]["metricValues"][0]["value"] == pytest.approx(metrics["val/acc_best"])
     finally:
         server.stop()
     assert server.process.poll() is not None

@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 
 from foodnet.data import FoodDataModule, ManifestDataset
-from foodnet.images import ImageLoadError
-from foodnet.manifest import ManifestError, read_manifest
-from foodnet.transforms import eval_transform, train_transform
+from foodnet.data.manifest import read_manifest
+from foodnet.data.preprocessing import eval_transform, train_transform
+from foodnet.errors import ImageLoadError, ManifestError
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "RGB", "CMYK", "LA", "1"])

@@ -22,8 +22,8 @@ def test_same_seed_twice_gives_identical_metrics(tiny_data, tmp_path, reference_
     train(compose_train(overrides, run_dir=tmp_path))
     first, first_last = reference_run
     again = json.loads((tmp_path / "metrics.json").read_text())
-    assert isinstance(first["best_val_acc"], float) and first["epochs"] == REFERENCE_EPOCHS
-    assert (again["best_val_acc"], again["epochs"]) == (first["best_val_acc"], first["epochs"])
+    assert isinstance(first["val/acc_best"], float) and first["epochs"] == REFERENCE_EPOCHS
+    assert (again["val/acc_best"], again["epochs"]) == (first["val/acc_best"], first["epochs"])
     history = scalars(tmp_path)
     assert all(len(values) == REFERENCE_EPOCHS for values in history.values())
     assert history == scalars(first_last.parents[1])

@@ -9,10 +9,10 @@ import pytest
 from conftest import CONFIG_DIR, checkpoint_probs, subprocess_env
 from PIL import Image
 
-from foodnet.checkpoint import CheckpointError, load_model
-from foodnet.evaluate import evaluate, user_message
-from foodnet.images import ImageLoadError
-from foodnet.manifest import read_manifest
+from foodnet.data.manifest import read_manifest
+from foodnet.errors import CheckpointError, ImageLoadError, user_message
+from foodnet.evaluate import evaluate
+from foodnet.models.checkpoint import load_model
 
 
 def compose_eval(overrides: list[str], run_dir):
@@ -53,9 +53,9 @@ def test_evaluate_report_matches_a_hand_count(tiny_data, tiny_checkpoint, tmp_pa
     assert report["image_size"] == 32  # the checkpoint's, since data.image_size was not set
     assert report["counts"]["images"] == len(samples) == 40
     assert report["counts"]["correct"] == sum(hits)
-    assert report["test_acc"] == pytest.approx(sum(hits) / len(hits))
+    assert report["test/acc"] == pytest.approx(sum(hits) / len(hits))
     top5 = probs.topk(5).indices.tolist()
-    assert report["top5_acc"] == pytest.approx(
+    assert report["test/acc_top5"] == pytest.approx(
         sum(y in row for y, row in zip(labels, top5, strict=True)) / len(labels))
     f1s = []
     for label, name in enumerate(names):
@@ -63,10 +63,10 @@ def test_evaluate_report_matches_a_hand_count(tiny_data, tiny_checkpoint, tmp_pa
         tp = sum(h and y == label for h, y in zip(hits, labels, strict=True))
         fp = sum(p == label and y != label for p, y in zip(preds, labels, strict=True))
         assert report["counts"]["per_class"][name] == {"images": n, "correct": tp}
-        assert report["per_class_acc"][name] == pytest.approx(tp / n)
+        assert report["test/per_class_acc"][name] == pytest.approx(tp / n)
         if tp + fp + (n - tp):
             f1s.append(2 * tp / (2 * tp + fp + (n - tp)))
-    assert report["macro_f1"] == pytest.approx(sum(f1s) / len(f1s))
+    assert report["test/f1_macro"] == pytest.approx(sum(f1s) / len(f1s))
 
     with (run_dir / "misclassified.csv").open(newline="") as stream:
         rows = list(csv.DictReader(stream))

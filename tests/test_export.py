@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import checkpoint_probs
 
-from foodnet.checkpoint import load_model
 from foodnet.export import main as export_main
+from foodnet.models.checkpoint import load_model
 from foodnet.predict import main as predict_main
 
 

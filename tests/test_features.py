@@ -8,19 +8,13 @@ import torch
 from conftest import compose_train, tiny_overrides
 from torchvision import transforms as T
 
-from foodnet.checkpoint import load_model
 from foodnet.data import FoodDataModule
-from foodnet.features import (
-    FeatureCache,
-    FeatureDataset,
-    FeatureSampler,
-    FeatureSet,
-    attach_features,
-    extract_features,
-)
-from foodnet.model import create_model
-from foodnet.module import FoodClassifier
+from foodnet.data.feature_dataset import FeatureDataset, FeatureSampler, FeatureSet
+from foodnet.models.checkpoint import load_model
+from foodnet.models.transfer import create_model
 from foodnet.train import build, check_cache_features, train, use_backbone_features
+from foodnet.training.features import FeatureCache, attach_features, extract_features
+from foodnet.training.module import FoodClassifier
 
 BF16 = {"atol": 0.05, "rtol": 0.05}  # bf16 keeps 8 bits of mantissa
 
@@ -164,9 +158,9 @@ def test_augmented_views_are_distinct_and_reproducible(tiny_data, tmp_path):
 
 def test_cache_features_refuses_a_trainable_backbone(tiny_data):
     cfg = compose_train(tiny_overrides(tiny_data, **{"cache_features": "true",
-                                                     "model.freeze": "false"}))
-    with pytest.raises(ValueError, match="cache_features=true needs a frozen backbone, but "
-                                         "model.freeze=false"):
+                                                     "finetune": "full"}))
+    with pytest.raises(ValueError, match="cache_features=true needs finetune=freeze, but "
+                                         "finetune=full"):
         check_cache_features(cfg)
     net = create_model("resnet18", num_classes=20, weights=None, freeze=False)
     with pytest.raises(ValueError, match="frozen backbone"):
@@ -197,7 +191,7 @@ def test_cached_training_learns_the_same_head_as_normal_training(tiny_data, tmp_
 
     # The checkpoint is the full model: on images it reproduces what training measured.
     datamodule = _datamodule(tiny_data)
-    for split, measured in (("val", cached["best_val_acc"]), ("test", cached["test_acc"])):
+    for split, measured in (("val", cached["val/acc_best"]), ("test", cached["test/acc"])):
         best, _ = load_model(cached["best_checkpoint"])
         images, labels = zip(*(batch for batch in datamodule.image_loader(split, False)),
                              strict=True)
@@ -222,7 +216,7 @@ def test_normal_run_computes_validation_features_once(tiny_data, tmp_path, capsy
 
 @pytest.mark.parametrize(("overrides", "val_features"), [
     ({}, True), ({"debug": "fast"}, False), ({"+trainer.limit_val_batches": 1}, False),
-    ({"model.freeze": "false"}, False)])
+    ({"finetune": "full"}, False), ({"finetune": "gradual"}, False)])
 def test_validation_features_only_for_a_frozen_backbone_and_full_validation(
         tiny_data, tmp_path, overrides, val_features):
     cfg = compose_train(tiny_overrides(tiny_data, **overrides), run_dir=tmp_path)

@@ -6,14 +6,15 @@ import lightning as L
 import pytest
 import torch
 from conftest import compose_train, tiny_overrides
+from hydra.errors import ConfigCompositionException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from foodnet.finetune import GradualUnfreezing, create_finetuning
-from foodnet.model import create_model
-from foodnet.module import FoodClassifier
-from foodnet.schedulers import cosine_with_warmup, one_cycle, step_decay
+from foodnet.models.transfer import create_model
 from foodnet.train import build
+from foodnet.training.finetune import GradualUnfreezing, create_finetuning, freezes_backbone
+from foodnet.training.module import FoodClassifier
+from foodnet.training.schedulers import cosine_with_warmup, one_cycle, step_decay
 
 LR = 1e-2
 FACTOR = 0.1
@@ -208,35 +209,36 @@ def test_unsupported_arch_and_bad_schedule_fail_clearly():
         GradualUnfreezing(1, 2, 0, False)
 
 
-def test_strategy_and_model_freeze_must_agree():
-    assert create_finetuning("freeze", True) is None
-    assert create_finetuning("full", False) is None
-    callback = create_finetuning("gradual", False, unfreeze_last_at=1, unfreeze_all_at=None,
+def test_the_strategy_alone_decides_what_trains(tiny_data, tmp_path):
+    assert create_finetuning("freeze") is None and freezes_backbone("freeze")
+    assert create_finetuning("full") is None and not freezes_backbone("full")
+    callback = create_finetuning("gradual", unfreeze_last_at=1, unfreeze_all_at=None,
                                  backbone_lr_factor=0.5, train_bn=True)
     assert isinstance(callback, GradualUnfreezing) and callback.backbone_lr_factor == 0.5
-    # model.freeze=false alone is the seed-era switch for "train everything": no callback needed.
-    assert create_finetuning("freeze", False) is None
-    with pytest.raises(ValueError, match="model.freeze=true contradicts finetune=full"):
-        create_finetuning("full", True)
+    assert not freezes_backbone("gradual")  # its callback freezes, then unfreezes in steps
     with pytest.raises(ValueError, match="finetune=partial is unknown"):
-        create_finetuning("partial", True)
+        create_finetuning("partial")
     with pytest.raises(ValueError, match="finetune=full takes no options, got train_bn"):
-        create_finetuning("full", False, train_bn=True)
+        create_finetuning("full", train_bn=True)
+    # No second key can contradict it: model.freeze does not exist.
+    with pytest.raises(ConfigCompositionException, match="model.freeze"):
+        compose_train(tiny_overrides(tiny_data, **{"model.freeze": "false"}))
+    for strategy, trains_backbone in (("freeze", False), ("full", True), ("gradual", True)):
+        cfg = compose_train(tiny_overrides(tiny_data, finetune=strategy), run_dir=tmp_path)
+        _, module, _ = build(cfg)
+        assert any(p.requires_grad for p in module.net.backbone.parameters()) is trains_backbone
+
 
 
 def test_finetune_choices_in_the_real_config(tiny_data, tmp_path):
     cfg = compose_train(tiny_overrides(tiny_data), run_dir=tmp_path)
-    assert cfg.finetune.strategy == "freeze" and cfg.model.freeze is True
+    assert cfg.finetune.strategy == "freeze"
     _, module, trainer = build(cfg)
     assert module.net.backbone_frozen
     assert not any(isinstance(c, GradualUnfreezing) for c in trainer.callbacks)
 
     cfg = compose_train(tiny_overrides(tiny_data, finetune="full"), run_dir=tmp_path)
     _, module, trainer = build(cfg)
-    assert cfg.model.freeze is False and all(p.requires_grad for p in module.parameters())
-
-    cfg = compose_train(tiny_overrides(tiny_data, **{"model.freeze": "false"}), run_dir=tmp_path)
-    _, module, _ = build(cfg)
     assert all(p.requires_grad for p in module.parameters())
 
     cfg = compose_train(tiny_overrides(tiny_data, finetune="gradual",
@@ -246,7 +248,3 @@ def test_finetune_choices_in_the_real_config(tiny_data, tmp_path):
     assert (callback.unfreeze_last_at, callback.unfreeze_all_at) == (2, None)
     assert (callback.backbone_lr_factor, callback.train_bn) == (0.1, False)
 
-    cfg = compose_train(tiny_overrides(tiny_data, finetune="full", **{"model.freeze": "true"}),
-                        run_dir=tmp_path)
-    with pytest.raises(ValueError, match="model.freeze=true contradicts finetune=full"):
-        build(cfg)

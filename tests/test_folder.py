@@ -9,7 +9,7 @@ from PIL import Image
 from foodnet.data.__main__ import main
 from foodnet.data.check import check_manifest
 from foodnet.data.folder import from_folder
-from foodnet.manifest import read_classes, read_manifest
+from foodnet.data.manifest import read_classes, read_manifest
 
 COUNTS = {"sushi": 10, "Apple pie": 20, "ramen": 3}  # not in sorted order on purpose
 

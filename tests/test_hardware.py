@@ -6,9 +6,9 @@ from conftest import compose_train, tiny_overrides
 from hydra.utils import instantiate
 
 from foodnet import hardware
-from foodnet.model import create_model
-from foodnet.module import FoodClassifier
+from foodnet.models.transfer import create_model
 from foodnet.train import build
+from foodnet.training.module import FoodClassifier
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel

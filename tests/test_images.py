@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from foodnet.images import BACKGROUND, ImageLoadError, load_rgb
+from foodnet.data.images import BACKGROUND, load_rgb
+from foodnet.errors import ImageLoadError
 
 
 def pixel(path, xy=(0, 0)):

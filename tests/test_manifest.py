@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from foodnet.manifest import ManifestError, read_classes, read_manifest, scan_manifest
+from foodnet.data.manifest import read_classes, read_manifest, scan_manifest
+from foodnet.errors import ManifestError
 
 
 def write(tmp_path: Path, text: str, name: str = "m.txt", encoding="utf-8") -> Path:

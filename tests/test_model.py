@@ -5,7 +5,9 @@ import pytest
 import torch
 from torchvision import models
 
-from foodnet.model import WeightsError, create_model, resolve_weights
+from foodnet.errors import WeightsError
+from foodnet.models.transfer import create_model
+from foodnet.models.weights import resolve_weights
 
 
 def test_head_is_sized_from_the_old_head_and_backbone_frozen():

@@ -5,8 +5,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from foodnet.model import create_model
-from foodnet.module import FoodClassifier
+from foodnet.models.transfer import create_model
+from foodnet.training.module import FoodClassifier
 
 
 def _loader(n=24, size=32, classes=3):

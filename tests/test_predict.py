@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import checkpoint_probs, subprocess_env
 
-from foodnet.checkpoint import load_model
-from foodnet.manifest import read_manifest
+from foodnet.data.manifest import read_manifest
+from foodnet.models.checkpoint import load_model
 from foodnet.predict import main
 
 
@@ -87,7 +87,7 @@ def test_topk_is_capped_at_the_class_count(tiny_checkpoint, photo_folder, capsys
 
 def test_missing_and_foreign_model_files_are_named(tiny_checkpoint, photo_folder, tmp_path,
                                                    capsys):
-    from foodnet.checkpoint import model_info, read_checkpoint
+    from foodnet.models.checkpoint import model_info, read_checkpoint
 
     foreign = tmp_path / "foreign.ckpt"
     foreign.write_text("images/a.jpg 0\n")

@@ -18,10 +18,10 @@ from conftest import (
     tiny_overrides,
 )
 
-from foodnet.checkpoint import CheckpointError
 from foodnet.data.sampling import EpochSampler
-from foodnet.resume import RNGState, epochs_trained
+from foodnet.errors import CheckpointError
 from foodnet.train import train
+from foodnet.training.resume import RNGState, epochs_trained
 
 EPOCHS = REFERENCE_EPOCHS
 
@@ -55,7 +55,7 @@ def test_sigkill_after_an_epoch_then_resume_gives_the_uninterrupted_weights(
     metrics = train(compose_train(run_overrides(tiny_data, ckpt_path="last"), run_dir=run_dir))
     assert f"resuming from {last}" in capsys.readouterr().out
     assert metrics["epochs"] == EPOCHS
-    assert metrics["best_val_acc"] == reference_run[0]["best_val_acc"]
+    assert metrics["val/acc_best"] == reference_run[0]["val/acc_best"]
     assert_same_weights(last, reference_run[1])
 
 

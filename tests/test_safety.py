@@ -11,8 +11,9 @@ import torch
 from conftest import compose_train, tiny_overrides
 from omegaconf import open_dict
 
-from foodnet.safety import AtomicCheckpointIO, NonFiniteLossError
+from foodnet.errors import NonFiniteLossError
 from foodnet.train import build, train
+from foodnet.training.checkpoint_io import AtomicCheckpointIO
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
@@ -32,7 +33,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path,
 
 KILLED_MID_SAVE = """
 import os, signal, sys, torch
-from foodnet.safety import AtomicCheckpointIO
+from foodnet.training.checkpoint_io import AtomicCheckpointIO
 io, path = AtomicCheckpointIO(), sys.argv[1]
 io.save_checkpoint({"w": torch.ones(3)}, path)
 def killed(obj, file):
@@ -61,7 +62,7 @@ def test_the_trainer_writes_checkpoints_through_the_atomic_io(tiny_data, tmp_pat
 
 
 def test_an_exploding_loss_stops_at_its_step_before_any_checkpoint(tiny_data, tmp_path):
-    overrides = tiny_overrides(tiny_data, **{"model.freeze": "false",
+    overrides = tiny_overrides(tiny_data, **{"finetune": "full",
                                              "model.optimizer.lr": 1e30})
     with pytest.raises(NonFiniteLossError,
                        match=r"train/loss is (nan|inf) at epoch 1, batch 1 \(global step 1\): "

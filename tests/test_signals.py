@@ -18,9 +18,9 @@ from conftest import (
 )
 from omegaconf import open_dict
 
-from foodnet.resume import epochs_trained
-from foodnet.safety import Preempted
 from foodnet.train import train
+from foodnet.training.callbacks.safety import Preempted
+from foodnet.training.resume import epochs_trained
 
 
 def run_overrides(data, **extra):

@@ -64,20 +64,20 @@ def test_multirun_summarises_every_job_and_survives_a_failing_one(tiny_data, tmp
         assert metrics["status"] == row["status"]
         assert f"model.optimizer.lr={'0.001' if row['job'] in '01' else '0.01'}" in row["overrides"]
         if row["status"] == "completed":
-            assert float(row["best_val_acc"]) == round(metrics["best_val_acc"], 4)
+            assert float(row["val/acc_best"]) == round(metrics["val/acc_best"], 4)
             assert "data.batch_size=16" in row["overrides"] and not row["error"]
             assert list((job_dir / "tensorboard").glob("events.out.tfevents.*"))
         else:
-            assert row["best_val_acc"] == ""
+            assert row["val/acc_best"] == ""
             assert row["error"] == "data.batch_size=0 must be positive"
     assert "error: data.batch_size=0 must be positive" in result.stderr
 
     completed = [row for row in rows if row["status"] == "completed"]
-    best = max(completed, key=lambda row: float(row["best_val_acc"]))
-    assert f"best job {best['job']}: val acc {best['best_val_acc']}" in result.stdout
+    best = max(completed, key=lambda row: float(row["val/acc_best"]))
+    assert f"best job {best['job']}: val/acc_best {best['val/acc_best']}" in result.stdout
     markdown = (sweep_dir / "summary.md").read_text()
     assert f"**Best: job {best['job']}**" in markdown
-    assert "| job | status | best val acc | test acc | model.optimizer.lr | data.batch_size |" \
+    assert "| job | status | val/acc_best | test/acc | model.optimizer.lr | data.batch_size |" \
         in markdown
     assert "- job 1 (failed" in markdown and "- job 3 (failed" in markdown
 
@@ -100,7 +100,7 @@ def test_optuna_search_runs_n_trials_over_the_search_space(tiny_data, tmp_path):
         config = yaml.safe_load((Path(row["run_dir"]) / ".hydra" / "config.yaml").read_text())
         assert config["model"]["optimizer"]["lr"] == float(chosen["model.optimizer.lr"])
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert round(results["best_value"], 4) == max(float(row["best_val_acc"]) for row in rows)
+    assert round(results["best_value"], 4) == max(float(row["val/acc_best"]) for row in rows)
     assert "best job " in result.stdout
 
 
@@ -152,7 +152,7 @@ def test_slurm_launcher_config_renders_an_sbatch_script(tmp_path, monkeypatch):
 
 
 def test_summary_reports_a_job_that_left_no_metrics(tmp_path):
-    for num, metrics in ((0, {"status": "completed", "best_val_acc": 0.5, "test_acc": None}),
+    for num, metrics in ((0, {"status": "completed", "val/acc_best": 0.5, "test/acc": None}),
                          (1, None)):
         hydra_dir = tmp_path / str(num) / ".hydra"
         hydra_dir.mkdir(parents=True)
@@ -164,6 +164,6 @@ def test_summary_reports_a_job_that_left_no_metrics(tmp_path):
     assert [(j.job, j.status) for j in jobs] == [(0, "completed"), (1, "unfinished")]
     assert "killed or crashed" in jobs[1].error
     rows = _summary(tmp_path)
-    assert rows[0]["best_val_acc"] == "0.5000" and rows[1]["status"] == "unfinished"
-    assert "**Best: job 0**, val acc 0.5000, `model.optimizer.lr=1e-3`" in \
+    assert rows[0]["val/acc_best"] == "0.5000" and rows[1]["status"] == "unfinished"
+    assert "**Best: job 0**, val/acc_best 0.5000, `model.optimizer.lr=1e-3`" in \
         (tmp_path / "summary.md").read_text()

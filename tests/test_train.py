@@ -18,7 +18,7 @@ def test_default_config_is_the_seed_recipe():
     assert cfg.model.arch == "resnet152"
     assert cfg.model.num_classes == 20
     assert cfg.model.weights == "DEFAULT"
-    assert cfg.model.freeze is True
+    assert cfg.finetune.strategy == "freeze"  # the one key that decides what trains
     assert cfg.model.optimizer._target_ == "torch.optim.Adam"
     assert cfg.model.optimizer.lr == 1e-3
     assert cfg.trainer.max_epochs == 20
@@ -53,8 +53,8 @@ def test_train_subprocess_writes_metrics_checkpoints_and_tensorboard(tiny_data, 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2
     assert metrics["run_dir"] == str(run_dir)
-    assert 0.0 <= metrics["best_val_acc"] <= 1.0
-    assert 0.0 <= metrics["test_acc"] <= 1.0
+    assert 0.0 <= metrics["val/acc_best"] <= 1.0
+    assert 0.0 <= metrics["test/acc"] <= 1.0
     best = Path(metrics["best_checkpoint"])
     assert best.is_file() and best.parent == run_dir / "checkpoints"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -13,10 +13,10 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from foodnet.model import TransferNet
-from foodnet.module import FoodClassifier, balanced_class_weights
-from foodnet.schedulers import cosine_with_warmup, one_cycle, step_decay
+from foodnet.models.transfer import TransferNet
 from foodnet.train import build, train
+from foodnet.training.module import FoodClassifier, balanced_class_weights
+from foodnet.training.schedulers import cosine_with_warmup, one_cycle, step_decay
 
 
 def _lrs(make_scheduler, steps, lr=1.0):
@@ -266,17 +266,17 @@ def test_early_stopping_on_stalled_val_acc_and_metrics_json(tiny_data, tmp_path)
     assert metrics["epochs"] == 2
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["epochs"] == 2
-    assert 0.0 <= written["test_acc"] <= written["test_acc_top5"] <= 1.0
-    assert 0.0 <= written["test_f1_macro"] <= 1.0
-    per_class = written["test_per_class_acc"]
+    assert 0.0 <= written["test/acc"] <= written["test/acc_top5"] <= 1.0
+    assert 0.0 <= written["test/f1_macro"] <= 1.0
+    per_class = written["test/per_class_acc"]
     assert list(per_class) == [line.strip() for line in
                                tiny_data["classes"].read_text().splitlines()]
     # 2 test images per class: each class accuracy is 0, 0.5 or 1, and they average to test_acc.
     assert set(per_class.values()) <= {0.0, 0.5, 1.0}
-    assert sum(per_class.values()) / len(per_class) == pytest.approx(written["test_acc"])
+    assert sum(per_class.values()) / len(per_class) == pytest.approx(written["test/acc"])
 
 
 def test_demo_experiment_uses_full_finetuning_and_the_cosine_schedule():
     cfg = compose_train(["experiment=demo"])
-    assert cfg.finetune.strategy == "full" and cfg.model.freeze is False
-    assert cfg.scheduler.schedule._target_ == "foodnet.schedulers.cosine_with_warmup"
+    assert cfg.finetune.strategy == "full" and "freeze" not in cfg.model
+    assert cfg.scheduler.schedule._target_ == "foodnet.training.schedulers.cosine_with_warmup"

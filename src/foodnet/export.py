@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from dataclasses import asdict
@@ -16,15 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from foodnet.checkpoint import CheckpointError, load_model
-from foodnet.inference import (
-    EXPORT_FORMATS,
-    ModelFileError,
-    require_image_size,
-    sidecar_path,
-)
-from foodnet.model import TransferNet
+from foodnet.errors import EXIT_OK, ConfigError, run_cli
+from foodnet.inference.export_format import EXPORT_FORMATS, require_image_size, sidecar_path
+from foodnet.logs import console_logging
+from foodnet.models.checkpoint import load_model
+from foodnet.models.transfer import TransferNet
 
+log = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
 # The TorchScript-based exporter: the newer dynamo exporter needs onnxscript, which foodnet does
@@ -42,7 +41,7 @@ def probability_model(net: TransferNet) -> nn.Module:
 def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     """Write the model to `out` and its preprocessing to the sidecar; return the sidecar path."""
     if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"--format {fmt}: choose one of {', '.join(EXPORT_FORMATS)}")
+        raise ConfigError(f"--format {fmt}: choose one of {', '.join(EXPORT_FORMATS)}")
     net, info = load_model(checkpoint)
     size = require_image_size(info, checkpoint)
     model = probability_model(net)
@@ -84,13 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
     parser.add_argument("--out", type=Path, required=True, help="the model file to write")
     args = parser.parse_args(argv)
-    try:
+    console_logging()
+    def body() -> int:
         sidecar = export(args.checkpoint, args.format, args.out)
-    except (CheckpointError, ModelFileError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    print(f"wrote {args.out} and {sidecar}", flush=True)
-    return 0
+        log.info("wrote %s and %s", args.out, sidecar)
+        return EXIT_OK
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

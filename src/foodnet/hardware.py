@@ -1,11 +1,10 @@
-"""Fast settings for the machine at hand: precision, loader workers, a Trainer that uses them."""
+"""What this machine is and what runs fast on it: precision, loader workers."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import lightning as L
 import torch
 
 # CPU flags of the units that make bf16 convolutions/matmuls faster than fp32 in oneDNN: AMX
@@ -65,10 +64,3 @@ def auto_num_workers() -> int:
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
     return min(cores, 8)
-
-
-def create_trainer(precision: str | int = "auto", accelerator: str = "auto",
-                   **kwargs) -> L.Trainer:
-    """A lightning Trainer whose `precision: auto` is resolved for this machine first."""
-    return L.Trainer(precision=resolve_precision(precision, accelerator),
-                     accelerator=accelerator, **kwargs)

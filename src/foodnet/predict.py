@@ -11,19 +11,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from foodnet.checkpoint import CheckpointError
-from foodnet.inference import (
-    Classifier,
-    ModelFileError,
-    collect_images,
-    open_classifier,
-    predict_images,
-)
+from foodnet.errors import EXIT_OK, EXIT_PARTIAL, run_cli
+from foodnet.inference.inputs import collect_images
+from foodnet.inference.predictor import Classifier, open_classifier, predict_images
+from foodnet.logs import console_logging
 
+log = logging.getLogger(__name__)
 CSV_COLUMNS = ("path", "rank", "label", "class", "prob", "error")
 
 
@@ -60,7 +58,7 @@ def predict_records(classifier: Classifier, paths: list[Path], topk: int,
     for prediction in predict_images(classifier, paths, batch_size):
         record: dict = {"path": str(prediction.path), "predictions": []}
         if prediction.error is not None:
-            print(f"error: {prediction.error}", file=sys.stderr, flush=True)
+            log.error("error: %s", prediction.error)
             record["error"] = prediction.error
         else:
             probs, labels = prediction.probs.topk(k)
@@ -84,15 +82,15 @@ def write_csv(records: list[dict], stream: TextIO) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        classifier = open_classifier(args.model, device=args.device)
-        paths = collect_images(args.inputs)
-    except (ModelFileError, CheckpointError, ValueError) as err:  # InputError is a ValueError
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+    console_logging("stderr")
+    return run_cli(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    classifier = open_classifier(args.model, device=args.device)
+    paths = collect_images(args.inputs)
     records = predict_records(classifier, paths, args.topk, args.batch_size)
     failed = sum("error" in r for r in records)
-
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     stream = args.out.open("w", encoding="utf-8", newline="") if args.out else sys.stdout
@@ -106,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             stream.close()
     if failed:
-        print(f"{failed} of {len(records)} images could not be read", file=sys.stderr)
-    return 1 if failed else 0
+        log.warning("%d of %d images could not be read", failed, len(records))
+    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 if __name__ == "__main__":

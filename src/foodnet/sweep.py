@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-COLUMNS = ("job", "status", "best_val_acc", "test_acc", "overrides", "run_dir", "error")
+from foodnet.logs import console_logging
+from foodnet.reports.metrics import TEST_ACC, VAL_ACC_BEST
+
+COLUMNS = ("job", "status", VAL_ACC_BEST, TEST_ACC, "overrides", "run_dir", "error")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,8 +60,8 @@ def read_job(job_dir: Path, fallback_num: int = -1) -> JobResult:
             result.status, result.error = "failed", f"{metrics_file}: unreadable ({err})"
             return result
         result.status = metrics.get("status", "completed")
-        result.best_val_acc = metrics.get("best_val_acc")
-        result.test_acc = metrics.get("test_acc")
+        result.best_val_acc = metrics.get(VAL_ACC_BEST)
+        result.test_acc = metrics.get(TEST_ACC)
         result.error = metrics.get("error") or ""
     return result
 
@@ -121,11 +127,11 @@ def render_markdown(jobs: list[JobResult], sweep_dir: Path) -> str:
     lines.append(f"{len(jobs)} jobs: {len(jobs) - len(failed)} completed, {len(failed)} failed "
                  "or unfinished.")
     if best is not None:
-        lines.append(f"**Best: job {best.job}**, val acc {best.best_val_acc:.4f}, "
+        lines.append(f"**Best: job {best.job}**, {VAL_ACC_BEST} {best.best_val_acc:.4f}, "
                      f"`{_swept(best, varying)}`, run dir `{best.run_dir}`.")
     if common:
         lines.append(f"Common overrides: `{' '.join(common)}`.")
-    lines += ["", "| " + " | ".join(["job", "status", "best val acc", "test acc", *varying,
+    lines += ["", "| " + " | ".join(["job", "status", VAL_ACC_BEST, TEST_ACC, *varying,
                                       "run dir"]) + " |",
               "|" + " --- |" * (5 + len(varying))]
     for j in jobs:
@@ -147,15 +153,15 @@ def summarize(sweep_dir: str | Path) -> list[JobResult]:
     (sweep_dir / "summary.md").write_text(render_markdown(jobs, sweep_dir), encoding="utf-8")
     best = best_job(jobs)
     failed = [j for j in jobs if j.status != "completed"]
-    print(f"sweep summary: {sweep_dir / 'summary.md'} ({len(jobs)} jobs, {len(failed)} failed "
-          "or unfinished)", flush=True)
+    log.info("sweep summary: %s (%d jobs, %d failed or unfinished)", sweep_dir / "summary.md",
+             len(jobs), len(failed))
     for j in failed:
-        print(f"  job {j.job} {j.status}: {j.error}", flush=True)
+        log.warning("  job %s %s: %s", j.job, j.status, j.error)
     if best is None:
-        print("best job: none completed", flush=True)
+        log.info("best job: none completed")
     else:
-        print(f"best job {best.job}: val acc {best.best_val_acc:.4f}  "
-              f"{_swept(best, _varying(jobs)[0])}  ({best.run_dir})", flush=True)
+        log.info("best job %s: %s %.4f  %s  (%s)", best.job, VAL_ACC_BEST, best.best_val_acc,
+                 _swept(best, _varying(jobs)[0]), best.run_dir)
     return jobs
 
 
@@ -169,7 +175,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = getattr(self, "sweep_dir", None) or Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
-            print(f"sweep summary: {sweep_dir} does not exist, no job ran", flush=True)
+            log.warning("sweep summary: %s does not exist, no job ran", sweep_dir)
             return
         jobs = summarize(sweep_dir)
         if any(j.status != "completed" for j in jobs):
@@ -181,6 +187,7 @@ if __name__ == "__main__":
     # Re-summarise a sweep, e.g. one whose SLURM jobs are still running: python -m foodnet.sweep DIR
     import sys
 
+    console_logging()
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
         sys.exit("usage: python -m foodnet.sweep SWEEP_DIR (a multirun/... folder)")
     summarize(sys.argv[1])

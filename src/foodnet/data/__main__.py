@@ -9,24 +9,20 @@ import time
 from foodnet.data.check import check_manifest, default_workers, format_problems
 from foodnet.data.demo import make_demo_dataset
 from foodnet.data.folder import from_folder
-from foodnet.manifest import ManifestError, read_classes
+from foodnet.data.manifest import read_classes
+from foodnet.errors import ConfigError, ManifestError, run_cli
+from foodnet.logs import console_logging
 
 
 def _check(args: argparse.Namespace) -> int:
     class_names = None
     if args.classes:
-        try:
-            class_names = read_classes(args.classes)
-        except ManifestError as err:
-            print(f"{err}", file=sys.stderr)
-            return 1
+        class_names = read_classes(args.classes)
         if args.num_classes is not None and args.num_classes != len(class_names):
-            print(f"{args.classes}: lists {len(class_names)} classes but --num-classes "
-                  f"{args.num_classes}; make them agree", file=sys.stderr)
-            return 1
+            raise ManifestError(f"{args.classes}: lists {len(class_names)} classes but "
+                                f"--num-classes {args.num_classes}; make them agree")
     if args.num_classes is not None and args.num_classes < 1:
-        print(f"--num-classes {args.num_classes} must be positive", file=sys.stderr)
-        return 1
+        raise ConfigError(f"--num-classes {args.num_classes} must be positive")
     errors = warnings = 0
     start = time.perf_counter()
     for manifest in args.manifests:
@@ -44,12 +40,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _from_folder(args: argparse.Namespace) -> int:
-    try:
-        result = from_folder(args.root, args.out, args.val_fraction, args.test_fraction,
-                             args.seed)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = from_folder(args.root, args.out, args.val_fraction, args.test_fraction, args.seed)
     print(f"{len(result.class_names)} classes: {', '.join(result.class_names)}")
     for name, path in result.files.items():
         count = f" ({len(result.rows[name])} images)" if name in result.rows else ""
@@ -102,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
-    return args.run(args)
+    console_logging()
+    return run_cli(lambda: args.run(args))
 
 
 if __name__ == "__main__":

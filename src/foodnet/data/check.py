@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foodnet.images import ImageLoadError, load_rgb
-from foodnet.manifest import ManifestError, Problem, Sample, scan_manifest
+from foodnet.data.images import load_rgb
+from foodnet.data.manifest import Problem, Sample, scan_manifest
+from foodnet.errors import ImageLoadError, ManifestError
 
 # Training setup prints at most this many problems, then a count of the rest.
 MAX_REPORTED = 20

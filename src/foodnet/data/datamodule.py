@@ -19,11 +19,12 @@ from foodnet.data.dataset import (
     SkippingLoader,
     record_skip,
 )
+from foodnet.data.feature_dataset import FeatureDataset
+from foodnet.data.manifest import read_classes
+from foodnet.data.preprocessing import eval_transform, train_transform
 from foodnet.data.sampling import EpochSampler, SeededSamples
-from foodnet.features import FeatureDataset
+from foodnet.errors import ConfigError, ManifestError
 from foodnet.hardware import auto_num_workers
-from foodnet.manifest import ManifestError, read_classes
-from foodnet.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 VALIDATE_MODES = ("quick", "full")
@@ -39,15 +40,15 @@ class FoodDataModule(L.LightningDataModule):
                  on_bad_image: str = "error", validate: str = "quick", seed: int = 0):
         super().__init__()
         if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"data.on_bad_image={on_bad_image!r}: expected one of "
-                             f"{', '.join(BAD_IMAGE_POLICIES)}")
+            raise ConfigError(f"data.on_bad_image={on_bad_image!r}: expected one of "
+                              f"{', '.join(BAD_IMAGE_POLICIES)}")
         if validate not in VALIDATE_MODES:
-            raise ValueError(f"data.validate={validate!r}: expected one of "
-                             f"{', '.join(VALIDATE_MODES)}")
+            raise ConfigError(f"data.validate={validate!r}: expected one of "
+                              f"{', '.join(VALIDATE_MODES)}")
         if batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size} must be positive")
+            raise ConfigError(f"data.batch_size={batch_size} must be positive")
         if image_size < 8:
-            raise ValueError(f"data.image_size={image_size} is too small (at least 8)")
+            raise ConfigError(f"data.image_size={image_size} is too small (at least 8)")
         self.manifests = {"train": train_manifest, "val": val_manifest, "test": test_manifest}
         self.class_names = read_classes(classes) if classes else None
         if self.class_names and num_classes is not None and len(self.class_names) != num_classes:
@@ -98,7 +99,7 @@ class FoodDataModule(L.LightningDataModule):
 
     def image_loader(self, split: str, augmented: bool) -> DataLoader:
         """The split's images in manifest order, with the train or the eval transform, for
-        feature extraction (foodnet.features); its workers exit after each pass."""
+        feature extraction (foodnet.training.features); its workers exit after each pass."""
         self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         dataset = copy.copy(self.datasets[split])
         if not isinstance(dataset, ManifestDataset):
@@ -114,7 +115,7 @@ class FoodDataModule(L.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:
-            raise ValueError(f"no {split} data: set data.{split}_manifest")
+            raise ConfigError(f"no {split} data: set data.{split}_manifest")
         dataset = self.datasets[split]
         world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer \
             else (1, 0)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from foodnet.images import ImageLoadError, load_rgb
-from foodnet.manifest import Sample
+from foodnet.data.images import load_rgb
+from foodnet.data.manifest import Sample
+from foodnet.errors import ConfigError, ImageLoadError
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,8 @@ class SkippingLoader(DataLoader):
     def __init__(self, dataset: ManifestDataset, on_bad_image: str = "error",
                  skipped: dict[str, BadImage] | None = None, **kwargs):
         if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"data.on_bad_image={on_bad_image!r}: expected one of "
-                             f"{', '.join(BAD_IMAGE_POLICIES)}")
+            raise ConfigError(f"data.on_bad_image={on_bad_image!r}: expected one of "
+                              f"{', '.join(BAD_IMAGE_POLICIES)}")
         kwargs.setdefault("collate_fn", collate_skipping)
         if isinstance(dataset, _MarkBadImages):  # Lightning re-creates loaders from .dataset
             dataset = dataset.dataset

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from foodnet.manifest import write_classes, write_manifest
+from foodnet.data.manifest import write_classes, write_manifest
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
 # Hues 120 degrees apart survive the seed's hue jitter (+-36 degrees); grey has no hue at all.

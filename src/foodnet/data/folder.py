@@ -17,10 +17,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foodnet.manifest import parse_line, write_classes, write_manifest
+from foodnet.data.images import IMAGE_EXTENSIONS
+from foodnet.data.manifest import parse_line, write_classes, write_manifest
+from foodnet.errors import ConfigError, InputError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff",
-                              ".webp", ".ppm", ".pgm", ".pbm", ".pnm"})
 SPLITS = ("train", "val", "test")
 
 
@@ -65,13 +65,13 @@ def from_folder(root: str | Path, out: str | Path, val_fraction: float = 0.1,
     """Write train.txt, val.txt, test.txt (when non-empty) and classes.txt under `out`."""
     root, out = Path(root), Path(out)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder (expected ROOT/<class name>/<images>)")
+        raise InputError(f"{root}: not a folder (expected ROOT/<class name>/<images>)")
     for name, fraction in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
         if not 0 <= fraction < 1:
-            raise ValueError(f"{name}={fraction} must be in [0, 1)")
+            raise ConfigError(f"{name}={fraction} must be in [0, 1)")
     if val_fraction + test_fraction >= 1:
-        raise ValueError(f"--val-fraction + --test-fraction = {val_fraction + test_fraction} "
-                         "leaves nothing to train on; make the sum less than 1")
+        raise ConfigError(f"--val-fraction + --test-fraction = {val_fraction + test_fraction} "
+                          "leaves nothing to train on; make the sum less than 1")
     out.mkdir(parents=True, exist_ok=True)
     out_abs = out.resolve()
 
@@ -100,8 +100,8 @@ def from_folder(root: str | Path, out: str | Path, val_fraction: float = 0.1,
         if images:
             per_class[entry.name] = images
     if not per_class:
-        raise ValueError(f"{root}: no class folder with images (expected ROOT/<class>/<images>, "
-                         f"extensions {' '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise InputError(f"{root}: no class folder with images (expected ROOT/<class>/<images>, "
+                          f"extensions {' '.join(sorted(IMAGE_EXTENSIONS))})")
 
     class_names = sorted(per_class)
     rows: dict[str, list[tuple[str, int]]] = {split: [] for split in SPLITS}

@@ -9,18 +9,12 @@ batches and augmentations of an uninterrupted run, with any `data.num_workers`.
 from __future__ import annotations
 
 import random
-import warnings
 from collections.abc import Callable, Iterator, Sized
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
-
-# EpochSampler resumes a mid-epoch checkpoint exactly (see `position`); Lightning, which cannot
-# tell, would warn on every such resume that the results may be unreliable.
-warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the "
-                        "epoch ended and your dataloader is not resumable")
 
 
 class EpochSampler(DistributedSampler):

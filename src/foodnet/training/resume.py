@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from foodnet.checkpoint import CheckpointError, read_checkpoint
+from foodnet.errors import CheckpointError, ConfigError
+from foodnet.models.checkpoint import read_checkpoint
 
 
 def last_checkpoint_path(checkpoint: ModelCheckpoint) -> Path:
@@ -26,7 +27,7 @@ def resolve_ckpt_path(value: str | Path | None, checkpoint: ModelCheckpoint | No
     if str(value) != "last":
         return Path(value)
     if checkpoint is None or checkpoint.dirpath is None:
-        raise ValueError("ckpt_path=last needs the model_checkpoint callback (callbacks=default)")
+        raise ConfigError("ckpt_path=last needs the model_checkpoint callback (callbacks=default)")
     path = last_checkpoint_path(checkpoint)
     if not path.is_file():
         raise CheckpointError(
@@ -56,8 +57,8 @@ def check_resume(path: Path, arch: str, num_classes: int, max_epochs: int | None
         raise CheckpointError(f"{path}: holds weights only, no training state to resume")
     done = epochs_trained(checkpoint)
     if max_epochs is not None and 0 <= max_epochs < done:
-        raise ValueError(f"trainer.max_epochs={max_epochs} is below the {done} epochs that "
-                         f"{path} has already trained; set trainer.max_epochs={done} or more")
+        raise ConfigError(f"trainer.max_epochs={max_epochs} is below the {done} epochs that "
+                          f"{path} has already trained; set trainer.max_epochs={done} or more")
     return checkpoint
 
 

@@ -3,64 +3,18 @@ checkpoint-then-exit on SIGTERM/SIGUSR1."""
 
 from __future__ import annotations
 
-import os
+import logging
 import signal
 import sys
 import threading
-from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from foodnet.resume import last_checkpoint_path
+from foodnet.errors import NonFiniteLossError
+from foodnet.training.resume import last_checkpoint_path
 
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into a temporary file next to the target, fsync, then os.replace.
-
-    A crash or kill mid-save leaves the previous checkpoint intact. (Lightning's own save goes
-    through a temporary file in the system temp folder, which becomes a plain, interruptible copy
-    when that folder is on another filesystem.)
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
-                        storage_options: Any | None = None) -> None:
-        if "://" in str(path):  # object stores (s3://, gs://) write whole objects: no rename needed
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed save
-            stale.unlink(missing_ok=True)
-        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)  # make the rename itself durable
-
-
-def _fsync_dir(folder: Path) -> None:
-    if sys.platform == "win32":  # directories cannot be opened there; os.replace is enough
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the message names epoch, batch and step."""
+log = logging.getLogger(__name__)
 
 
 class FiniteLossGuard(L.Callback):
@@ -160,7 +114,8 @@ class Preemption(L.Callback):
         path = last_checkpoint_path(checkpoint)
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            print(f"{signal.Signals(signum).name}: saved {path} at epoch "
-                  f"{trainer.current_epoch + 1}, global step {trainer.global_step}; resume with "
-                  "hydra.run.dir=<this run's folder> ckpt_path=last", file=sys.stderr, flush=True)
+            log.warning("%s: saved %s at epoch %d, global step %d; resume with "
+                        "hydra.run.dir=<this run's folder> ckpt_path=last",
+                        signal.Signals(signum).name, path, trainer.current_epoch + 1,
+                        trainer.global_step)
         raise Preempted(128 + signum)

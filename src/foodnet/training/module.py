@@ -4,7 +4,6 @@ trainable parameters and an optional learning-rate schedule."""
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import lightning as L
@@ -19,18 +18,15 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from foodnet.model import TransferNet
-from foodnet.schedulers import INTERVALS
-from foodnet.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-# The frozen backbone is in eval mode on purpose (BatchNorm statistics must not drift).
-warnings.filterwarnings("ignore",
-                        message=r"Found \d+ module\(s\) in eval mode at the start of training")
+from foodnet.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from foodnet.errors import ConfigError
+from foodnet.models.transfer import TransferNet
+from foodnet.reports.metrics import TOP_K, per_class_accuracy
+from foodnet.training.schedulers import INTERVALS
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # (optimizer, number of scheduler steps in the run) -> scheduler; see foodnet.schedulers.
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], LRScheduler]
-TOP_K = 5  # val/acc_top5 and test/acc_top5 (k is clamped to the number of classes)
 
 
 def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[float]:
@@ -39,7 +35,7 @@ def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[floa
     counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long),
                             minlength=num_classes).double()
     if counts.numel() > num_classes:
-        raise ValueError(f"labels go up to {counts.numel() - 1}, beyond {num_classes} classes")
+        raise ConfigError(f"labels go up to {counts.numel() - 1}, beyond {num_classes} classes")
     weights = counts.sum() / (num_classes * counts)
     return torch.where(counts > 0, weights, 0.0).tolist()
 
@@ -61,8 +57,8 @@ class FoodClassifier(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         self.optimizer_factory = optimizer
         if scheduler_interval not in INTERVALS:
-            raise ValueError(f"scheduler.interval={scheduler_interval} must be one of "
-                             f"{', '.join(INTERVALS)}")
+            raise ConfigError(f"scheduler.interval={scheduler_interval} must be one of "
+                              f"{', '.join(INTERVALS)}")
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.class_names = list(class_names) if class_names else None
@@ -73,14 +69,14 @@ class FoodClassifier(L.LightningModule):
                                    "mean": list(mean), "std": list(std)})
         num_classes = net.num_classes
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
+            raise ConfigError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
         self.label_smoothing = label_smoothing
         weights = None
         if class_weights is not None:
             weights = torch.as_tensor(list(class_weights), dtype=torch.float32)
             if weights.shape != (num_classes,) or (weights < 0).any():
-                raise ValueError(f"model.class_weights has {weights.numel()} values; it needs "
-                                 f"{num_classes} non-negative ones (or balanced, or null)")
+                raise ConfigError(f"model.class_weights has {weights.numel()} values; it needs "
+                                  f"{num_classes} non-negative ones (or balanced, or null)")
         # Not persistent: checkpoints stay loadable whatever the loss options were.
         self.register_buffer("class_weights", weights, persistent=False)
         # val/test loss is plain cross-entropy, comparable across runs whatever the train loss.
@@ -104,9 +100,9 @@ class FoodClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from images (N, C, H, W), or from pooled backbone features (N, F)."""
         if x.ndim == 2:
-            # foodnet.features served the frozen backbone's output: only the head runs, on the
-            # same features the backbone would give, so the logits are those of self.net(images).
-            if not self.net.backbone_frozen:
+            # training/features.py served the frozen backbone's output (finetune=freeze only):
+            # the head runs on the features the backbone would give, so the logits are the same.
+            if not self.net.backbone_frozen:  # a bug in the caller, not a user's mistake
                 raise RuntimeError("got precomputed backbone features, but the backbone is "
                                    "trainable now: features are only valid for a frozen backbone")
             return self.net.head(x.to(self.net.head.weight.dtype))
@@ -178,18 +174,15 @@ class FoodClassifier(L.LightningModule):
 
     def on_test_epoch_end(self):
         # Per-class accuracy (recall) by class name; None for a class without test images.
-        confusion = self.test_confusion.compute()
-        support = confusion.sum(dim=1)
-        names = self.class_names or [str(i) for i in range(len(support))]
-        self.test_per_class_acc = {
-            name: (int(confusion[i, i]) / int(support[i]) if support[i] > 0 else None)
-            for i, name in enumerate(names)}
+        confusion = self.test_confusion.compute().cpu()
+        names = self.class_names or [str(i) for i in range(len(confusion))]
+        self.test_per_class_acc = per_class_accuracy(confusion, names)
         self.test_confusion.reset()
 
     def configure_optimizers(self):
         trainable = [p for p in self.parameters() if p.requires_grad]
         if not trainable:
-            raise ValueError("no trainable parameters: the whole model is frozen")
+            raise ConfigError("no trainable parameters: the whole model is frozen")
         optimizer = self.optimizer_factory(trainable)
         if self.scheduler_factory is None:
             return optimizer

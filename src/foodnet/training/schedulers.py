@@ -19,20 +19,22 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
+from foodnet.errors import ConfigError
+
 INTERVALS = ("epoch", "step")
 
 
 def _check_total(total: int) -> None:
     if total < 1:
-        raise ValueError(f"a learning-rate schedule needs a finite run length, got {total} steps: "
-                         "set trainer.max_epochs (or trainer.max_steps) to a positive number")
+        raise ConfigError(f"a learning-rate schedule needs a finite run length, got {total} steps: "
+                          "set trainer.max_epochs (or trainer.max_steps) to a positive number")
 
 
 def step_decay(optimizer: Optimizer, total: int, step_size: int, gamma: float) -> StepLR:
     """Multiply the lr by gamma every step_size steps."""
     _check_total(total)
     if step_size < 1:
-        raise ValueError(f"scheduler.schedule.step_size={step_size} must be at least 1")
+        raise ConfigError(f"scheduler.schedule.step_size={step_size} must be at least 1")
     if step_size >= total:
         # A warning, not an error: short wiring checks (debug=fast) must still run.
         warnings.warn(f"scheduler.schedule.step_size={step_size} but the run has only {total} "
@@ -45,7 +47,7 @@ def cosine_with_warmup(optimizer: Optimizer, total: int, warmup_ratio: float,
     """Ramp the lr linearly from lr*warmup_start_factor to lr, then decay it to 0 along a cosine."""
     _check_total(total)
     if not 0.0 <= warmup_ratio < 1.0:
-        raise ValueError(f"scheduler.schedule.warmup_ratio={warmup_ratio} must be in [0, 1)")
+        raise ConfigError(f"scheduler.schedule.warmup_ratio={warmup_ratio} must be in [0, 1)")
     warmup = round(warmup_ratio * total)
     # Decay to exactly 0 (no eta_min): torch's recursive cosine formula then keeps every param
     # group at the same ratio to the head's lr, which groups added by finetune=gradual rely on.

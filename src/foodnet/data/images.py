@@ -13,25 +13,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from foodnet.errors import ImageLoadError
+
+# What counts as an image file when a folder is searched (from-folder, predict).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff",
+                              ".webp", ".ppm", ".pgm", ".pbm", ".pnm"})
 # Transparent pixels are composited onto this background (white, like a photo print).
 BACKGROUND = (255, 255, 255)
-
-
-class ImageLoadError(OSError):
-    """An image file cannot be decoded; the message names the file (and its manifest line)."""
-
-    def __init__(self, reason: str, path: str | Path | None = None, where: str | None = None):
-        if path is None:
-            message = reason
-        elif where is None:
-            message = f"{path}: {reason}"
-        else:  # the manifest problem format: MANIFEST:LINE: message (path)
-            message = f"{where}: {reason} ({path})"
-        # One positional arg, so that pickling and DataLoader's worker re-raise rebuild it.
-        super().__init__(message)
-        self.reason = reason
-        self.path = None if path is None else str(path)
-        self.where = where
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

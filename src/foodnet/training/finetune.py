@@ -10,7 +10,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from foodnet.model import TransferNet
+from foodnet.errors import ConfigError
+from foodnet.models.transfer import TransferNet
 
 STRATEGIES = ("freeze", "gradual", "full")
 # Backbones whose top-level children are their stages in forward order (ResNet: conv1, bn1,
@@ -23,9 +24,9 @@ LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 def backbone_stages(net: TransferNet) -> list[nn.Module]:
     """The backbone's top-level children that hold parameters, in forward order."""
     if not net.arch.startswith(STAGED_FAMILIES):
-        raise ValueError(f"finetune=gradual knows the stages of {', '.join(STAGED_FAMILIES)}* "
-                         f"backbones, not model.arch={net.arch}; use finetune=full or "
-                         "finetune=freeze")
+        raise ConfigError(f"finetune=gradual knows the stages of {', '.join(STAGED_FAMILIES)}* "
+                          f"backbones, not model.arch={net.arch}; use finetune=full or "
+                          "finetune=freeze")
     return [child for child in net.backbone.children() if any(True for _ in child.parameters())]
 
 
@@ -42,12 +43,12 @@ class GradualUnfreezing(BaseFinetuning):
                  backbone_lr_factor: float, train_bn: bool):
         super().__init__()
         if unfreeze_last_at < 0:
-            raise ValueError(f"finetune.unfreeze_last_at={unfreeze_last_at} must be an epoch >= 0")
+            raise ConfigError(f"finetune.unfreeze_last_at={unfreeze_last_at} must be an epoch >= 0")
         if unfreeze_all_at is not None and unfreeze_all_at <= unfreeze_last_at:
-            raise ValueError(f"finetune.unfreeze_all_at={unfreeze_all_at} must come after "
-                             f"finetune.unfreeze_last_at={unfreeze_last_at} (or be null: never)")
+            raise ConfigError(f"finetune.unfreeze_all_at={unfreeze_all_at} must come after "
+                              f"finetune.unfreeze_last_at={unfreeze_last_at} (or be null: never)")
         if backbone_lr_factor <= 0:
-            raise ValueError(f"finetune.backbone_lr_factor={backbone_lr_factor} must be positive")
+            raise ConfigError(f"finetune.backbone_lr_factor={backbone_lr_factor} must be positive")
         self.unfreeze_last_at = unfreeze_last_at
         self.unfreeze_all_at = unfreeze_all_at
         self.backbone_lr_factor = backbone_lr_factor
@@ -112,19 +113,23 @@ def add_scaled_param_group(optimizer: Optimizer, params: list[nn.Parameter], fac
                 base_lrs.append(base_lrs[0] * factor)
 
 
-def create_finetuning(strategy: str, model_freeze: bool, **options) -> GradualUnfreezing | None:
-    """The callback for finetune=<strategy> (None for freeze and full).
+def freezes_backbone(strategy: str) -> bool:
+    """Whether the model is built with a frozen backbone: only for finetune=freeze (gradual's
+    callback freezes it itself before training, then unfreezes it in steps)."""
+    check_strategy(strategy)
+    return strategy == "freeze"
 
-    model.freeze=false on its own (finetune=freeze) trains everything, as finetune=full does;
-    model.freeze=true with finetune=gradual or full is a contradiction and fails.
-    """
+
+def check_strategy(strategy: str) -> None:
     if strategy not in STRATEGIES:
-        raise ValueError(f"finetune={strategy} is unknown; choose one of {', '.join(STRATEGIES)}")
-    if model_freeze and strategy != "freeze":
-        raise ValueError(f"model.freeze=true contradicts finetune={strategy}: the backbone would "
-                         "never train; drop the model.freeze override (finetune sets it)")
+        raise ConfigError(f"finetune={strategy} is unknown; choose one of {', '.join(STRATEGIES)}")
+
+
+def create_finetuning(strategy: str, **options) -> GradualUnfreezing | None:
+    """The callback for finetune=<strategy> (None for freeze and full)."""
+    check_strategy(strategy)
     if strategy == "gradual":
         return GradualUnfreezing(**options)
     if options:
-        raise ValueError(f"finetune={strategy} takes no options, got {', '.join(options)}")
+        raise ConfigError(f"finetune={strategy} takes no options, got {', '.join(options)}")
     return None

@@ -9,11 +9,8 @@ from pathlib import Path
 
 import torch
 
-from foodnet.model import TransferNet, create_model
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unsafe, truncated or not foodnet's; the message names the file."""
+from foodnet.errors import CheckpointError
+from foodnet.models.transfer import TransferNet, create_model
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class ManifestError(ValueError):
-    """A manifest or classes file is malformed; the message names file:line and the fix."""
+from foodnet.errors import ManifestError
 
 
 @dataclass(frozen=True)
@@ -60,6 +58,9 @@ def _parse(text: str, source: Path, line: int) -> Sample | Problem | None:
     stripped = text.strip()
     if not stripped or stripped.startswith("#"):
         return None
+    if "\x00" in stripped:  # no file system accepts it in a path: say so instead of crashing later
+        return Problem(source, line, "line contains a NUL byte (\\x00); a manifest is plain "
+                       "text, one 'image_path label' per line")
     # The label is the last field; everything before it is the path, spaces included.
     parts = stripped.rsplit(maxsplit=1)
     if len(parts) < 2:

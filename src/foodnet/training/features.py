@@ -11,83 +11,29 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
-from foodnet.manifest import Sample
+from foodnet.data.feature_dataset import FeatureDataset, FeatureSet
+from foodnet.data.manifest import Sample
+from foodnet.errors import ConfigError
 
 if TYPE_CHECKING:
-    from foodnet.data import FoodDataModule
-    from foodnet.model import TransferNet
+    from foodnet.data.datamodule import FoodDataModule
+    from foodnet.models.transfer import TransferNet
 
+log = logging.getLogger(__name__)
 # Bump when the cache file layout or what goes into the key changes: old files are then ignored.
 CACHE_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class FeatureSet:
-    """Pooled backbone features of one split: `views` passes over the same N images."""
-
-    features: torch.Tensor  # (views, N, num_features), in the dtype the backbone produced
-    labels: torch.Tensor  # (N,) int64
-
-    @property
-    def views(self) -> int:
-        return self.features.shape[0]
-
-    def __len__(self) -> int:
-        return self.features.shape[1]
-
-
-class FeatureDataset(Dataset):
-    """Index `view * N + i` is image i's features in that view; FeatureSampler picks the view."""
-
-    def __init__(self, feature_set: FeatureSet, seed: int = 0):
-        self.feature_set = feature_set
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return self.feature_set.views * len(self.feature_set)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        view, i = divmod(index, len(self.feature_set))
-        return self.feature_set.features[view, i], self.feature_set.labels[i]
-
-    def sampler(self, shuffle: bool) -> FeatureSampler:
-        return FeatureSampler(len(self.feature_set), self.feature_set.views, shuffle, self.seed)
-
-
-class FeatureSampler(Sampler[int]):
-    """One view per epoch (epoch e uses view e % views), in a fresh order when shuffling.
-
-    Lightning calls set_epoch before every epoch; the order depends only on (seed, epoch), so a
-    resumed run sees the same batches as an uninterrupted one.
-    """
-
-    def __init__(self, num_items: int, views: int = 1, shuffle: bool = True, seed: int = 0):
-        self.num_items, self.views, self.shuffle, self.seed = num_items, views, shuffle, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_items
-
-    def __iter__(self) -> Iterator[int]:
-        offset = (self.epoch % self.views) * self.num_items
-        if not self.shuffle:
-            return iter(range(offset, offset + self.num_items))
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter((torch.randperm(self.num_items, generator=generator) + offset).tolist())
 
 
 def state_dict_digest(module: nn.Module) -> str:
@@ -211,13 +157,13 @@ def attach_features(datamodule: FoodDataModule, net: TransferNet, splits: Iterab
     passes of the train transform. Other splits use the eval transform.
     """
     if not net.backbone_frozen:
-        raise ValueError("backbone features can only be reused with a frozen backbone "
-                         "(model.freeze=true)")
+        raise ConfigError("backbone features can only be reused with a frozen backbone "
+                          "(finetune=freeze)")
     if train_views < 1:
-        raise ValueError(f"cache_views={train_views} must be at least 1")
+        raise ConfigError(f"cache_views={train_views} must be at least 1")
     if train_views > 1 and not datamodule.augment:
-        raise ValueError(f"cache_views={train_views} with data.augment=false would store "
-                         f"{train_views} identical views; set cache_views=1 or data.augment=true")
+        raise ConfigError(f"cache_views={train_views} with data.augment=false would store "
+                          f"{train_views} identical views; set cache_views=1 or data.augment=true")
     net.to(device)
     weights = state_dict_digest(net.backbone) if cache is not None else ""
     reports = []
@@ -247,7 +193,7 @@ def attach_features(datamodule: FoodDataModule, net: TransferNet, splits: Iterab
         report = FeatureReport(split, len(feature_set), views, hit, path,
                                time.perf_counter() - start)
         where = f" ({'read from' if hit else 'saved to'} {path})" if path else " (in memory)"
-        print(f"features: {split}: {report.images} images x {views} view(s) in "
-              f"{report.seconds:.1f}s{where}", flush=True)
+        log.info("features: %s: %d images x %d view(s) in %.1fs%s", split, report.images, views,
+                 report.seconds, where)
         reports.append(report)
     return reports

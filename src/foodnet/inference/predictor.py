@@ -1,67 +1,27 @@
-"""Run a trained model on image files: open a checkpoint or an export with the preprocessing it
-expects, collect images from files, folders and lists, predict class probabilities in batches."""
+"""Run a trained model on images: open a checkpoint or an export with the preprocessing it expects,
+predict class probabilities in batches."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from foodnet.checkpoint import ModelInfo, load_model
-from foodnet.images import ImageLoadError, load_rgb
-from foodnet.transforms import eval_transform
-
-EXPORT_FORMATS = ("onnx", "torchscript")
-INFO_KEYS = tuple(f.name for f in fields(ModelInfo))  # what an export sidecar must record
-
-
-class ModelFileError(RuntimeError):
-    """A model file or its preprocessing sidecar is missing or unreadable; names the file."""
-
-
-class InputError(ValueError):
-    """An INPUT names no images (an empty folder, an empty or missing list)."""
-
-
-def sidecar_path(model: str | Path) -> Path:
-    """Where an exported model's preprocessing is recorded: the model's file name + '.json'."""
-    model = Path(model)
-    return model.with_name(model.name + ".json")
-
-
-def read_sidecar(model: str | Path) -> dict:
-    path = sidecar_path(model)
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ModelFileError(f"{path}: cannot read the export's preprocessing ({err})") from None
-    missing = {"format", *INFO_KEYS} - set(meta) if isinstance(meta, dict) else {"everything"}
-    if missing:
-        raise ModelFileError(f"{path}: not a foodnet export sidecar (missing {sorted(missing)}); "
-                             "re-export with python -m foodnet.export")
-    if meta["format"] not in EXPORT_FORMATS:
-        raise ModelFileError(f"{path}: format {meta['format']!r} is not one of "
-                             f"{', '.join(EXPORT_FORMATS)}; re-export with foodnet.export")
-    return meta
-
-
-def info_from_sidecar(meta: dict) -> ModelInfo:
-    return ModelInfo(**{key: meta[key] for key in INFO_KEYS})
-
-
-def require_image_size(info: ModelInfo, source: str | Path) -> int:
-    if not info.image_size:
-        raise ModelFileError(f"{source}: records no image_size, so its preprocessing is unknown; "
-                             "save checkpoints with FoodClassifier(image_size=...), as "
-                             "foodnet.train does")
-    return int(info.image_size)
+from foodnet.data.images import load_rgb
+from foodnet.data.preprocessing import eval_transform
+from foodnet.errors import ConfigError, ImageLoadError, ModelFileError
+from foodnet.inference.export_format import (
+    info_from_sidecar,
+    read_sidecar,
+    require_image_size,
+    sidecar_path,
+)
+from foodnet.models.checkpoint import ModelInfo, load_model
 
 
 class Classifier(ABC):
@@ -117,7 +77,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu or auto")
     return torch.device(device)
 
 
@@ -145,42 +105,6 @@ def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
                              "preprocessing is unknown; python -m foodnet.export writes both")
     net, info = load_model(path)  # CheckpointError names the file
     return TorchClassifier(net, info, path, outputs_probs=False, device=torch_device)
-
-
-def read_image_list(path: Path) -> list[Path]:
-    """A list of images: 'image_path' or manifest 'image_path label' lines (label ignored)."""
-    if not path.is_file():
-        raise InputError(f"{path}: image list not found")
-    images = []
-    for text in path.read_text(encoding="utf-8-sig").splitlines():
-        stripped = text.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        parts = stripped.rsplit(maxsplit=1)
-        # A trailing integer is a training label; otherwise the whole line is the path.
-        raw = parts[0] if len(parts) == 2 and parts[1].isdigit() else stripped
-        image = Path(raw.strip())
-        images.append(image if image.is_absolute() else path.parent / image)
-    if not images:
-        raise InputError(f"{path}: image list has no paths")
-    return images
-
-
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand folders (recursively, image extensions only) and .txt lists, keeping input order."""
-    images: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-            if not found:
-                raise InputError(f"{item}: folder holds no images ({' '.join(IMG_EXTENSIONS)})")
-            images += found
-        elif item.suffix.lower() == ".txt":
-            images += read_image_list(item)
-        else:
-            images.append(item)  # a missing or undecodable file is reported per image
-    return images
 
 
 @dataclass(frozen=True)

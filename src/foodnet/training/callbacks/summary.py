@@ -1,11 +1,13 @@
-"""Small Lightning callbacks: a one-line summary per epoch, like the seed prints."""
+"""A one-line summary per epoch, like the seed prints, through logging (console and log file)."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import lightning as L
 
+log = logging.getLogger(__name__)
 SUMMARY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
 
 
@@ -27,5 +29,5 @@ class EpochSummary(L.Callback):
             return
         parts = [f"{key} {float(metrics[key]):.4f}" for key in SUMMARY_KEYS if key in metrics]
         seconds = time.perf_counter() - self._start
-        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  " + "  ".join(parts)
-              + f"  ({seconds:.1f}s)", flush=True)
+        log.info("epoch %d/%s  %s  (%.1fs)", trainer.current_epoch + 1, trainer.max_epochs,
+                 "  ".join(parts), seconds)

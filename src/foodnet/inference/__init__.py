@@ -1,0 +1,1 @@
+"""Inference: model backends (checkpoint, exports), their sidecar format, and input collection."""

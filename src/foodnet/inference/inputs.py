@@ -1,0 +1,45 @@
+"""What predict reads: image files, folders (recursive) and .txt image lists, in input order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from foodnet.data.images import IMAGE_EXTENSIONS
+from foodnet.errors import InputError
+
+
+def read_image_list(path: Path) -> list[Path]:
+    """A list of images: 'image_path' or manifest 'image_path label' lines (label ignored)."""
+    if not path.is_file():
+        raise InputError(f"{path}: image list not found")
+    images = []
+    for text in path.read_text(encoding="utf-8-sig").splitlines():
+        stripped = text.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        parts = stripped.rsplit(maxsplit=1)
+        # A trailing integer is a training label; otherwise the whole line is the path.
+        raw = parts[0] if len(parts) == 2 and parts[1].isdigit() else stripped
+        image = Path(raw.strip())
+        images.append(image if image.is_absolute() else path.parent / image)
+    if not images:
+        raise InputError(f"{path}: image list has no paths")
+    return images
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand folders (recursively, image extensions only) and .txt lists, keeping input order."""
+    images: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise InputError(f"{item}: folder holds no images ({' '.join(IMAGE_EXTENSIONS)})")
+            images += found
+        elif item.suffix.lower() == ".txt":
+            images += read_image_list(item)
+        else:
+            images.append(item)  # a missing or undecodable file is reported per image
+    return images

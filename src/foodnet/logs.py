@@ -1,0 +1,56 @@
+"""Logging set-up for the entry points: foodnet's own lines on the console and in the run's log
+file, once (rank zero) under DDP."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+class RankZeroFilter(logging.Filter):
+    """Pass records only in the process of global rank 0 (Lightning sets the rank it knows)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+        return rank_zero is None or getattr(rank_zero.rank_zero_only, "rank", 0) == 0
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """Info lines to stdout (or stderr), warnings and errors to stderr, whatever sys.stdout and
+    sys.stderr are when a record is emitted (tests and notebooks swap them)."""
+
+    def __init__(self, info_stream: str = "stdout", stream=None):  # stream: Hydra's default key
+        super().__init__()
+        self.info_stream = info_stream
+
+    @property
+    def stream(self):
+        if self._record_level >= logging.WARNING or self.info_stream == "stderr":
+            return sys.stderr
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._record_level = record.levelno
+        super().emit(record)
+
+    _record_level = logging.INFO
+
+
+def console_logging(info_stream: str = "stdout", level: int = logging.INFO) -> None:
+    """Plain lines on the console for a command run outside Hydra (predict, export, data, sweep:
+    info_stream="stderr" where stdout carries the command's output)."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, ConsoleHandler):
+            handler.info_stream = info_stream
+            break
+    else:
+        handler = ConsoleHandler(info_stream)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(RankZeroFilter())
+        root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,1 @@
+"""Backbones, the transfer model, weights and checkpoints."""

@@ -1,0 +1,1 @@
+"""Metrics under one vocabulary, reports and figures (for training, evaluate, dashboards)."""

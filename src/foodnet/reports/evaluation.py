@@ -1,0 +1,71 @@
+"""Evaluate a network over a labelled dataset: every sample's probabilities, in manifest order
+(also under DDP), for the report, the confusion matrix and the list of mistakes."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset
+
+from foodnet.data.dataset import ManifestDataset
+from foodnet.data.manifest import Sample
+from foodnet.models.transfer import TransferNet
+
+
+class IndexedDataset(Dataset):
+    """(image, label, index): the index ties each output back to its manifest sample."""
+
+    def __init__(self, dataset: ManifestDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image, label, index
+
+
+class Evaluator(L.LightningModule):
+    """Runs the network over the test loader and keeps every sample's probabilities and label."""
+
+    def __init__(self, net: TransferNet):
+        super().__init__()
+        self.net = net
+        self._batches: list[tuple[torch.Tensor, ...]] = []
+        self.probs: torch.Tensor | None = None   # (N, C) in manifest order, after the test run
+        self.labels: torch.Tensor | None = None  # (N,)
+
+    def test_step(self, batch, batch_idx):
+        x, y, index = batch
+        self._batches.append((index, y, self.net(x).softmax(dim=1)))
+
+    def on_test_epoch_end(self):
+        index, labels, probs = (torch.cat(parts) for parts in zip(*self._batches, strict=True))
+        self._batches.clear()
+        if self.trainer.world_size > 1:
+            # Each rank saw a strided share, padded to equal length with repeated samples:
+            # gather all shares, then writing by index drops the repeats.
+            index, labels, probs = (self.all_gather(t).flatten(0, 1)
+                                    for t in (index, labels, probs))
+        count = int(index.max()) + 1
+        self.probs = probs.new_empty(count, probs.shape[1])
+        self.labels = labels.new_empty(count)
+        self.probs[index], self.labels[index] = probs, labels
+        self.probs, self.labels = self.probs.cpu(), self.labels.cpu()
+
+
+def write_misclassified(path: Path, samples: list[Sample], probs: torch.Tensor,
+                        class_names: list[str]) -> None:
+    """One row per wrong prediction, in manifest order."""
+    confidence, preds = probs.max(dim=1)
+    rows = [(str(s.path), class_names[s.label], class_names[p], f"{c:.6f}")
+            for s, p, c in zip(samples, preds.tolist(), confidence.tolist(), strict=True)
+            if p != s.label]
+    with path.open("w", encoding="utf-8", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(("path", "true", "predicted", "confidence"))
+        writer.writerows(rows)

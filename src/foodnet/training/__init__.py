@@ -1,0 +1,1 @@
+"""Training: the LightningModule, fine-tuning, schedules, the feature cache, resume, callbacks."""

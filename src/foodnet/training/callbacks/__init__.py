@@ -1,0 +1,1 @@
+"""Lightning callbacks: the epoch summary, TensorBoard dashboards, safety (NaN guard, signals)."""

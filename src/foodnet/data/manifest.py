@@ -54,6 +54,12 @@ def _read_lines(path: Path) -> list[str]:
                             "a manifest is text, one 'image_path label' per line") from None
 
 
+def resolve_image_path(raw: str, source: Path) -> Path:
+    """A path as written in a manifest or list: relative paths resolve against its folder."""
+    image = Path(raw.strip())
+    return image if image.is_absolute() else source.parent / image
+
+
 def _parse(text: str, source: Path, line: int) -> Sample | Problem | None:
     stripped = text.strip()
     if not stripped or stripped.startswith("#"):
@@ -66,9 +72,7 @@ def _parse(text: str, source: Path, line: int) -> Sample | Problem | None:
     if len(parts) < 2:
         return Problem(source, line, f"expected 'image_path label', got one field {stripped!r}")
     raw_path, raw_label = parts
-    image = Path(raw_path.strip())
-    if not image.is_absolute():
-        image = source.parent / image
+    image = resolve_image_path(raw_path, source)
     try:
         label = int(raw_label)
     except ValueError:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from foodnet.data.images import IMAGE_EXTENSIONS
+from foodnet.data.manifest import resolve_image_path
 from foodnet.errors import InputError
 
 
@@ -21,8 +22,7 @@ def read_image_list(path: Path) -> list[Path]:
         parts = stripped.rsplit(maxsplit=1)
         # A trailing integer is a training label; otherwise the whole line is the path.
         raw = parts[0] if len(parts) == 2 and parts[1].isdigit() else stripped
-        image = Path(raw.strip())
-        images.append(image if image.is_absolute() else path.parent / image)
+        images.append(resolve_image_path(raw, path))
     if not images:
         raise InputError(f"{path}: image list has no paths")
     return images

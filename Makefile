@@ -28,8 +28,9 @@ train: install  ## train on data/train.txt + data/test.txt; pass overrides as AR
 test: install  ## run the test suite
 	$(PY) -m pytest $(ARGS)
 
-lint: install  ## ruff
+lint: install  ## ruff, and the import contracts of pyproject.toml (imports run one way)
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/lint-imports --no-cache
 
 tensorboard: install  ## serve every run under outputs/ and multirun/ on http://127.0.0.1:6006
 	mkdir -p outputs multirun

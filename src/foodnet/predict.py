@@ -18,7 +18,12 @@ from typing import TextIO
 
 from foodnet.errors import EXIT_OK, EXIT_PARTIAL, run_cli
 from foodnet.inference.inputs import collect_images
-from foodnet.inference.predictor import Classifier, open_classifier, predict_images
+from foodnet.inference.predictor import (
+    Classifier,
+    open_classifier,
+    predict_images,
+    prediction_record,
+)
 from foodnet.logs import console_logging
 
 log = logging.getLogger(__name__)
@@ -52,20 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def predict_records(classifier: Classifier, paths: list[Path], topk: int,
                     batch_size: int) -> list[dict]:
     """One record per image: {"path", "predictions": [{"label", "class", "prob"}]} (+ "error")."""
-    names = classifier.info.class_names
-    k = min(topk, classifier.info.num_classes)
     records = []
     for prediction in predict_images(classifier, paths, batch_size):
-        record: dict = {"path": str(prediction.path), "predictions": []}
         if prediction.error is not None:
             log.error("error: %s", prediction.error)
-            record["error"] = prediction.error
-        else:
-            probs, labels = prediction.probs.topk(k)
-            record["predictions"] = [
-                {"label": label, "class": names[label], "prob": prob}
-                for prob, label in zip(probs.tolist(), labels.tolist(), strict=True)]
-        records.append(record)
+        records.append(prediction_record(prediction, classifier.info.class_names, topk))
     return records
 
 

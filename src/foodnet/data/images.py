@@ -8,7 +8,10 @@ to None) in your own code if your images are genuinely that large.
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -55,6 +58,25 @@ def _check_pixels(image: Image.Image) -> None:
             f"PIL.Image.MAX_IMAGE_PIXELS={limit} (raise it if the image is genuine)")
 
 
+def _decode(file: BinaryIO, name: str | Path) -> Image.Image:
+    """Decode an open image file; errors name it as `name`."""
+    try:
+        with Image.open(file) as image:
+            _check_pixels(image)
+            image.seek(0)  # animated GIF / multi-page TIFF: the first frame
+            image = ImageOps.exif_transpose(image)
+            image.load()
+            return to_rgb(image)
+    except ImageLoadError as err:
+        raise ImageLoadError(err.reason, name) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageLoadError(f"decompression bomb: {err}", name) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError("not an image (no image format recognises this file)", name) from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
+        raise ImageLoadError(f"truncated or undecodable image ({err})", name) from err
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode an image file (first frame, EXIF orientation applied) as RGB.
 
@@ -63,25 +85,22 @@ def load_rgb(path: str | Path) -> Image.Image:
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise ImageLoadError("empty file (0 bytes)", path)
-        with Image.open(path) as image:
-            _check_pixels(image)
-            image.seek(0)  # animated GIF / multi-page TIFF: the first frame
-            image = ImageOps.exif_transpose(image)
-            image.load()
-            return to_rgb(image)
-    except ImageLoadError as err:
-        raise ImageLoadError(err.reason, path) from None
+        with path.open("rb") as file:
+            if os.fstat(file.fileno()).st_size == 0:
+                raise ImageLoadError("empty file (0 bytes)", path)
+            return _decode(file, path)
+    except ImageLoadError:
+        raise
     except FileNotFoundError:
         raise ImageLoadError("file not found", path) from None
     except (IsADirectoryError, NotADirectoryError):
         raise ImageLoadError("not a file", path) from None
     except PermissionError as err:
         raise ImageLoadError(f"cannot read file ({err.strerror})", path) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(f"decompression bomb: {err}", path) from None
-    except UnidentifiedImageError:
-        raise ImageLoadError("not an image (no image format recognises this file)", path) from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
-        raise ImageLoadError(f"truncated or undecodable image ({err})", path) from err
+
+
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """Decode an image held in memory (an upload) like load_rgb; errors name it as `name`."""
+    if not data:
+        raise ImageLoadError("empty file (0 bytes)", name)
+    return _decode(io.BytesIO(data), name)

@@ -134,3 +134,19 @@ def predict_images(classifier: Classifier, paths: Sequence[Path],
             for slot, row in zip(slots, probs, strict=True):
                 results[slot] = Prediction(chunk[slot], row)
         yield from results
+
+
+def prediction_record(prediction: Prediction, class_names: Sequence[str], topk: int,
+                      name: str | None = None) -> dict:
+    """The JSON record of one image, as predict and serve write it: {"path", "predictions":
+    [{"label", "class", "prob"}] most probable first, top `topk` (capped at the class count)},
+    plus "error" (and no predictions) for an unreadable image. `name` replaces the path."""
+    record: dict = {"path": name if name is not None else str(prediction.path),
+                    "predictions": []}
+    if prediction.error is not None:
+        record["error"] = prediction.error
+        return record
+    probs, labels = prediction.probs.topk(min(topk, len(class_names)))
+    record["predictions"] = [{"label": label, "class": class_names[label], "prob": prob}
+                             for prob, label in zip(probs.tolist(), labels.tolist(), strict=True)]
+    return record

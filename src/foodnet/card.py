@@ -1,0 +1,93 @@
+"""The model card: what a model is and how it was trained, as plain JSON values.
+
+A checkpoint knows its network, classes and preprocessing (hyper_parameters), its epoch, and the
+best val/acc of its run (the state of the ModelCheckpoint that monitors val/acc). Its run folder
+(checkpoints/../.hydra/config.yaml, written by foodnet.train) says what it was trained from.
+An export copies the card of its checkpoint into its sidecar, so the card travels with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from foodnet.checkpoint import model_info, read_checkpoint
+from foodnet.inference import INFO_KEYS, read_sidecar, sidecar_path
+
+log = logging.getLogger(__name__)
+
+VAL_METRIC = "val/acc"  # the metric whose best value the card reports (the checkpoints' monitor)
+
+
+def _best_val_acc(checkpoint: dict, run_dir: Path) -> float | None:
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if key.startswith("ModelCheckpoint") and isinstance(state, dict) \
+                and state.get("monitor") == VAL_METRIC and state.get("best_model_score") is not None:
+            return float(state["best_model_score"])
+    metrics = run_dir / "metrics.json"  # a checkpoint saved without ModelCheckpoint's state
+    try:
+        value = json.loads(metrics.read_text(encoding="utf-8")).get("best_val_acc")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _training_config(run_dir: Path) -> dict:
+    """What the run was trained from, when its Hydra config sits in the run folder."""
+    path = run_dir / ".hydra" / "config.yaml"
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    data, model = cfg.get("data") or {}, cfg.get("model") or {}
+    found = {"train_manifest": data.get("train_manifest"),
+             "val_manifest": data.get("val_manifest"),
+             "weights": model.get("weights"),
+             "finetune": (cfg.get("finetune") or {}).get("strategy"),
+             "max_epochs": (cfg.get("trainer") or {}).get("max_epochs")}
+    # Unresolved interpolations (${...}) say nothing to a reader of the card.
+    return {key: value for key, value in found.items()
+            if not (isinstance(value, str) and "${" in value)}
+
+
+def checkpoint_card(path: str | Path, checkpoint: dict) -> dict:
+    """The card of a checkpoint file (read with foodnet.checkpoint.read_checkpoint)."""
+    path = Path(path)
+    info = model_info(checkpoint)
+    run_dir = path.resolve().parent.parent  # RUN/checkpoints/FILE.ckpt
+    saved = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+    epoch = checkpoint.get("epoch")
+    card = {
+        "name": path.stem,
+        "arch": info.arch,
+        "num_classes": info.num_classes,
+        "class_names": info.class_names,
+        "image_size": info.image_size,
+        "mean": info.mean,
+        "std": info.std,
+        "best_val_acc": _best_val_acc(checkpoint, run_dir),
+        "epochs": int(epoch) + 1 if isinstance(epoch, int) else None,
+        "trained_at": saved.isoformat(timespec="seconds"),
+        "checkpoint": str(path),
+        "run_dir": str(run_dir) if (run_dir / ".hydra").is_dir() else None,
+        **_training_config(run_dir),
+    }
+    return card
+
+
+def model_card(path: str | Path) -> dict:
+    """The card of anything open_classifier opens: a checkpoint, or an export with its sidecar
+    (whose "card" export copied from the checkpoint; older sidecars give the network only)."""
+    path = Path(path)
+    if sidecar_path(path).is_file():
+        meta = read_sidecar(path)
+        card = dict(meta.get("card") or {key: meta[key] for key in INFO_KEYS})
+        card.update(format=meta["format"], file=str(path))
+        return card
+    card = checkpoint_card(path, read_checkpoint(path))
+    card.update(format="checkpoint", file=str(path))
+    return card

@@ -1,0 +1,127 @@
+"""Serve a trained model: `python -m foodnet.serve MODEL [--host 127.0.0.1] [--port 8000]`.
+
+MODEL is a training checkpoint (.ckpt) or an export (.onnx, .pt2) with its sidecar JSON. The page
+at http://HOST:PORT/ classifies a photo you choose, drop or paste; POST /predict is the JSON API
+(docs/serve.md, OpenAPI at /docs). Ctrl-C or SIGTERM finishes the requests in flight and stops.
+Exit status: 2 bad model or arguments (or the port is taken), 130 Ctrl-C, 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from foodnet.card import model_card
+from foodnet.checkpoint import CheckpointError
+from foodnet.inference import ModelFileError, open_classifier
+from foodnet.server import create_app
+
+log = logging.getLogger("foodnet.serve")
+MIB = 1024 * 1024
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m foodnet.serve",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path, help="a .ckpt checkpoint or an exported model")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind; the default is reachable from this machine only")
+    parser.add_argument("--port", type=int, default=8000, help="0: any free port")
+    parser.add_argument("--max-batch-size", type=positive_int, default=32,
+                        help="images of concurrent requests run together, up to this many")
+    parser.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
+                        help="how long the first image of a batch waits for others")
+    parser.add_argument("--max-upload-mb", type=non_negative_float, default=20.0,
+                        help="largest request body in MiB; larger ones answer 413")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when available")
+    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                        help="log one line per request")
+    return parser.parse_args(argv)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a taken port is a clear error, not uvicorn's."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:  # a host name: let the resolver pick
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} ({err.strerror}); pick another --port "
+                      "(0: any free port)") from None
+    return sock
+
+
+def _stop_on(signum: int, frame) -> None:
+    # Runs after uvicorn's graceful shutdown, which re-raises the signal that stopped it.
+    raise SystemExit(128 + signum)
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket, name: str) -> None:
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        log.info("foodnet serve: %s at http://%s:%d/ (API docs: /docs; Ctrl-C stops)",
+                 name, shown, port)
+    await task
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        classifier = open_classifier(args.model, device=args.device)
+        card = model_card(args.model)
+        sock = bind(args.host, args.port)
+    except (ModelFileError, CheckpointError, ValueError, OSError) as err:
+        log.error("error: %s", err)
+        return 2
+    if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+        log.warning("warning: --host %s: the server is reachable from other machines", args.host)
+    app = create_app(classifier, card, max_batch_size=args.max_batch_size,
+                     max_wait=args.max_wait_ms / 1000,
+                     max_upload_bytes=int(args.max_upload_mb * MIB))
+    config = uvicorn.Config(app, log_level="info", access_log=args.access_log,
+                            timeout_graceful_shutdown=10)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_on)
+    try:
+        asyncio.run(_serve(uvicorn.Server(config), sock, card.get("name", str(args.model))))
+    except SystemExit as stop:
+        log.info("foodnet serve: stopped")
+        return int(stop.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

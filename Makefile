@@ -5,10 +5,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: help install demo train test lint tensorboard bench clean
+.PHONY: help install demo train test lint tensorboard bench bench-serve clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## create .venv and install foodnet with its test and tool dependencies
 
@@ -39,6 +39,9 @@ tensorboard: install  ## serve every run under outputs/ and multirun/ on http://
 
 bench: install  ## seed recipe vs foodnet vs cache_features on generated photos (~20 min on 2 CPU cores)
 	$(PY) benchmarks/bench.py $(ARGS)
+
+bench-serve: install  ## foodnet serve under load: 32 clients x 500 requests, dynamic batching vs batch size 1
+	$(PY) benchmarks/bench_serve.py $(ARGS)
 
 clean:  ## remove generated data, runs and caches (keeps .venv)
 	rm -rf data/demo outputs multirun lightning_logs .pytest_cache .ruff_cache

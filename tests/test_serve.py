@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import signal
 import socket
@@ -383,3 +384,128 @@ def test_the_model_card_of_a_training_run(reference_run, tiny_data, tmp_path):
     card = model_card(checkpoint)
     assert card["best_val_acc"] == pytest.approx(reference_run[0]["best_val_acc"])
     assert "train_manifest" not in card and card["run_dir"] is None
+
+
+# ---- the page in a real browser -------------------------------------------------------------
+
+INSTALL_HINT = ("the browser test needs headless Chromium and its driver: "
+                "apt-get install chromium chromium-driver (Debian/Ubuntu; .ci/run installs them)")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's chromium, headless, driven through Debian's chromedriver by Selenium."""
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        if os.environ.get("CI") == "true":  # CI installs them: missing there is a failure
+            pytest.fail(INSTALL_HINT)
+        pytest.skip(INSTALL_HINT)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--window-size=1280,900",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(arg)
+    service = Service(executable_path=chromedriver, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    yield driver
+    driver.quit()
+
+
+def wait_for_answer(browser, name: str, timeout: float = 60) -> None:
+    """Until the page has drawn an answer (predictions or an error) that names `name`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = browser.find_element("id", "result").get_attribute("data-state")
+        status = browser.find_element("id", "status").text
+        if state in ("done", "error") and name in status:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no answer naming {name} in {timeout}s: state {state}, status {status!r}")
+
+
+def rendered_predictions(browser) -> list[tuple[str, str, float]]:
+    """(class name shown, percentage shown, bar width in % of its track) per row."""
+    rows = browser.find_elements("css selector", "#predictions li.prediction")
+    return [(row.find_element("css selector", ".name").text,
+             row.find_element("css selector", ".prob").text,
+             browser.execute_script(
+                 "const bar = arguments[0].querySelector('.bar');"
+                 "return 100 * bar.getBoundingClientRect().width /"
+                 " bar.parentElement.getBoundingClientRect().width;", row))
+            for row in rows]
+
+
+SEND_FILE_JS = """
+const [kind, b64, name] = arguments;
+const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+const data = new DataTransfer();
+data.items.add(new File([bytes], name, {type: "image/jpeg"}));
+if (kind === "drop") {
+  document.getElementById("drop").dispatchEvent(
+    new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));
+} else {
+  document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: data, bubbles: true}));
+}
+"""
+
+
+def test_the_page_classifies_a_chosen_dropped_and_pasted_photo(server, browser, served_model,
+                                                               photos, tmp_path, capsys):
+    import base64
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    expected = predict_cli(served_model, photos[:3], capsys)
+    browser.get(str(server.base_url))
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_elements("css selector", "#card-fields dd"))
+    terms = [e.text for e in browser.find_elements("css selector", "#card-fields dt")]
+    values = [e.text for e in browser.find_elements("css selector", "#card-fields dd")]
+    card = dict(zip(terms, values, strict=True))
+    assert card["Architecture"] == "resnet18" and card["Classes"] == "20"
+    assert card["Image size"] == "32 x 32 px" and card["Best val accuracy"] == "not recorded"
+    assert "resnet18" in browser.find_element("id", "model-line").text
+
+    def check(record):
+        top5 = [(p["class"], f"{100 * p['prob']:.1f}%", 100 * p["prob"])
+                for p in record["predictions"]]
+        shown = rendered_predictions(browser)
+        assert [(name, pct) for name, pct, _ in shown] == [(n, p) for n, p, _ in top5]
+        assert [width for _, _, width in shown] == pytest.approx([w for _, _, w in top5],
+                                                                 abs=1.0)
+
+    # 1. Choose a file (the <input type=file> behind the button).
+    browser.find_element("id", "file").send_keys(str(photos[0]))
+    wait_for_answer(browser, photos[0].name)
+    check(expected[0])
+    status = browser.find_element("id", "status").text
+    assert f"most likely {expected[0]['predictions'][0]['class']}" in status
+    assert browser.execute_script(
+        "const img = document.getElementById('preview');"
+        "return !img.hidden && img.complete && img.naturalWidth;") == 32  # the photo is shown
+    browser.save_screenshot(str(tmp_path / "page.png"))
+    assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # 2. Drop a file on the drop zone, 3. paste one: the same handlers a person triggers.
+    # A pasted picture arrives as "image.png" (Chrome's name for clipboard images).
+    for kind, photo, name, shown, record in (
+            ("drop", photos[1], photos[1].name, photos[1].name, expected[1]),
+            ("paste", photos[2], "image.png", "pasted-image.png", expected[2])):
+        browser.execute_script(SEND_FILE_JS, kind,
+                               base64.b64encode(photo.read_bytes()).decode(), name)
+        wait_for_answer(browser, f"{shown}: most likely")
+        check(record)
+
+    # 4. Not an image: the page says why, in red, and shows no classes.
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not a photo")
+    browser.find_element("id", "file").send_keys(str(notes))
+    wait_for_answer(browser, "notes.jpg: not an image")
+    assert "error" in browser.find_element("id", "status").get_attribute("class")
+    assert rendered_predictions(browser) == []
+    browser.save_screenshot(str(tmp_path / "page-error.png"))

@@ -60,7 +60,9 @@ def checkpoint_card(path: str | Path, checkpoint: dict) -> dict:
     info = model_info(checkpoint)
     run_dir = path.resolve().parent.parent  # RUN/checkpoints/FILE.ckpt
     saved = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
-    epoch = checkpoint.get("epoch")
+    # Epochs whose training finished (Lightning's `epoch` is the index of the one running).
+    progress = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress")
+    epochs = progress.get("total", {}).get("processed") if isinstance(progress, dict) else None
     card = {
         "name": path.stem,
         "arch": info.arch,
@@ -70,7 +72,7 @@ def checkpoint_card(path: str | Path, checkpoint: dict) -> dict:
         "mean": info.mean,
         "std": info.std,
         "best_val_acc": _best_val_acc(checkpoint, run_dir),
-        "epochs": int(epoch) + 1 if isinstance(epoch, int) else None,
+        "epochs": epochs if isinstance(epochs, int) else None,
         "trained_at": saved.isoformat(timespec="seconds"),
         "checkpoint": str(path),
         "run_dir": str(run_dir) if (run_dir / ".hydra").is_dir() else None,

@@ -17,6 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
+import torch
 import uvicorn
 
 from foodnet.card import model_card
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="largest request body in MiB; larger ones answer 413")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available")
+    parser.add_argument("--threads", type=positive_int,
+                        help="PyTorch's CPU threads for the model (default: PyTorch's, one per "
+                             "core); fewer leave cores to decoding and to other processes")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                         help="log one line per request")
     return parser.parse_args(argv)
@@ -99,6 +103,8 @@ async def _serve(server: uvicorn.Server, sock: socket.socket, name: str) -> None
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         classifier = open_classifier(args.model, device=args.device)
         card = model_card(args.model)

@@ -90,7 +90,10 @@ async function classify(blob, name) {
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(blob);
   preview.hidden = false;
-  preview.onerror = () => { preview.hidden = true; };
+  preview.onerror = () => {  // not something the browser can show: offer the drop zone again
+    preview.hidden = true;
+    $("hint").hidden = false;
+  };
   $("hint").hidden = true;
   setStatus(`Classifying ${name}\u2026`);
 

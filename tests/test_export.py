@@ -1,11 +1,12 @@
-"""export: ONNX and TorchScript files with their preprocessing sidecar, and prediction parity."""
+"""export: ONNX (dynamo) and torch.export files with their preprocessing sidecar, and parity."""
 
 import json
-import warnings
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import checkpoint_probs
+from conftest import checkpoint_probs, subprocess_env
 
 from foodnet.export import main as export_main
 from foodnet.models.checkpoint import load_model
@@ -58,26 +59,69 @@ def test_onnx_predictions_match_the_checkpoint(tiny_checkpoint, onnx_file, tiny_
             assert p["prob"] == pytest.approx(probs[p["label"]], abs=1e-3)
 
 
-def test_torchscript_export_loads_with_torch_jit_and_matches(tiny_checkpoint, tiny_data, tmp_path,
-                                                             capsys):
-    out = tmp_path / "food.pt"
-    assert export_main([str(tiny_checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
-    assert f"wrote {out} and {out}.json" in capsys.readouterr().out
-    assert json.loads((tmp_path / "food.pt.json").read_text())["format"] == "torchscript"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
-        scripted = torch.jit.load(str(out))
-    net, _ = load_model(tiny_checkpoint)
-    x = torch.randn(3, 3, 32, 32)  # another batch size than the traced example
-    with torch.no_grad():
-        assert torch.allclose(scripted(x), net(x).softmax(dim=1), atol=1e-5)
+@pytest.fixture(scope="module")
+def pt2_file(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "food.pt2"
+    assert export_main([str(tiny_checkpoint), "--format", "pt2", "--out", str(out)]) == 0
+    return out
 
-    # predict runs the TorchScript file too (its sidecar says so).
+
+def test_pt2_export_loads_with_torch_export_and_matches(tiny_checkpoint, pt2_file, tiny_data,
+                                                        capsys):
+    meta = json.loads(pt2_file.with_name("food.pt2.json").read_text())
+    assert meta["format"] == "pt2" and meta["card"]["arch"] == "resnet18"
+    program = torch.export.load(str(pt2_file))
+    net, _ = load_model(tiny_checkpoint)
+    for batch in (1, 3):  # other batch sizes than the traced example: the batch axis is dynamic
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.allclose(program.module()(x), net(x).softmax(dim=1), atol=1e-5)
+
+    # predict runs the .pt2 file too (its sidecar says so).
     images = sorted((tiny_data["test"].parent / "images" / "test").glob("*.jpg"))[::4]
     probs = checkpoint_probs(tiny_checkpoint, images)
-    for record, row in zip(predictions(out, images, capsys), probs, strict=True):
+    for record, row in zip(predictions(pt2_file, images, capsys), probs, strict=True):
         assert [p["prob"] for p in record["predictions"]] == pytest.approx(
             row.sort(descending=True).values.tolist(), abs=1e-5)
+
+
+def test_onnx_export_uses_the_dynamo_exporter_and_falls_back_with_a_warning(
+        tiny_checkpoint, onnx_file, tmp_path):
+    import onnx
+
+    # The dynamo exporter writes opset 18 and names no TorchScript ops; the default path is it.
+    assert {o.domain: o.version for o in onnx.load(str(onnx_file)).opset_import}[""] == 18
+
+    # Without onnxscript the dynamo exporter cannot run: the old exporter takes over, said so.
+    out = tmp_path / "legacy.onnx"
+    code = ("import sys; sys.modules['onnxscript'] = None\n"
+            "from foodnet.export import main\n"
+            f"sys.exit(main([{str(tiny_checkpoint)!r}, '--out', {str(out)!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: the dynamo ONNX exporter failed (ModuleNotFoundError" in result.stderr
+    assert "falling back to the TorchScript-based exporter" in result.stderr
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out))
+    net, _ = load_model(tiny_checkpoint)
+    x = torch.randn(3, 3, 32, 32)
+    (probs,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(probs), net(x).softmax(dim=1), atol=1e-4)
+
+
+def test_a_torchscript_export_is_refused_with_the_way_out(tiny_checkpoint, onnx_file, tmp_path,
+                                                          capsys):
+    old = tmp_path / "food.pt"
+    old.write_bytes(b"PK\x03\x04 a TorchScript archive")
+    meta = json.loads(onnx_file.with_name("food.onnx.json").read_text())
+    (tmp_path / "food.pt.json").write_text(json.dumps({**meta, "format": "torchscript"}))
+    assert predict_main([str(old), str(onnx_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {old.with_name('food.pt.json')}: a torchscript export, which foodnet no " \
+        "longer reads" in err and "--format pt2" in err
 
 
 def test_export_errors_name_the_checkpoint(tmp_path, capsys):

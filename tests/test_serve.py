@@ -24,8 +24,11 @@ from PIL import Image
 
 from foodnet.batching import Batcher
 from foodnet.card import model_card
+from foodnet.export import main as export_main
+from foodnet.inference import open_classifier
 from foodnet.predict import main as predict_main
 from foodnet.serve import main as serve_main
+from foodnet.server import create_app
 
 READY_TIMEOUT = 180  # seconds for a server to import torch and load the model on a busy CI box
 
@@ -509,3 +512,31 @@ def test_the_page_classifies_a_chosen_dropped_and_pasted_photo(server, browser, 
     assert "error" in browser.find_element("id", "status").get_attribute("class")
     assert rendered_predictions(browser) == []
     browser.save_screenshot(str(tmp_path / "page-error.png"))
+
+
+# ---- every export format --------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_serve_reads_every_export_format_with_the_checkpoints_answers(
+        fmt, tiny_checkpoint, photos, tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    out = tmp_path / f"food.{fmt}"
+    assert export_main([str(tiny_checkpoint), "--format", fmt, "--out", str(out)]) == 0
+    card = model_card(out)
+    assert card["format"] == fmt and card["file"] == str(out)
+    assert card["arch"] == "resnet18" and card["checkpoint"] == str(tiny_checkpoint)
+    app = create_app(open_classifier(out, device="cpu"), card, max_batch_size=8, max_wait=0.01,
+                     max_upload_bytes=MIB)
+    with TestClient(app) as client:
+        answer = client.post("/predict", files=upload(*photos[:4]), data={"topk": "20"})
+        assert client.get("/info").json() == card
+    assert answer.status_code == 200, answer.text
+    reference = predict_cli(tiny_checkpoint, photos[:4], capsys, topk=20)
+    assert max(r["predictions"][0]["prob"] for r in reference) > 0.3  # 1e-3 means something
+    for ours, theirs in zip(answer.json(), reference, strict=True):
+        assert ours["path"] == Path(theirs["path"]).name
+        assert ours["predictions"][0]["class"] == theirs["predictions"][0]["class"]
+        probs = {p["label"]: p["prob"] for p in theirs["predictions"]}
+        assert {p["label"]: p["prob"] for p in ours["predictions"]} == pytest.approx(probs,
+                                                                                   abs=1e-3)

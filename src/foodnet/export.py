@@ -1,7 +1,9 @@
 """Export a checkpoint for deployment: `python -m foodnet.export CKPT --format onnx --out FILE`.
 
 Writes FILE (the network followed by softmax: the output is class probabilities) and FILE.json,
-the preprocessing it expects (image size, mean, std, class names) and its input/output names.
+the preprocessing it expects (image size, mean, std, class names), its input/output names and
+the checkpoint's model card. Formats: `onnx` (PyTorch's dynamo exporter, for onnxruntime and
+other runtimes) and `pt2` (a torch.export program, for PyTorch deployments).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,17 +22,17 @@ import torch
 from torch import nn
 
 from foodnet.errors import EXIT_OK, ConfigError, run_cli
+from foodnet.inference.card import checkpoint_card
 from foodnet.inference.export_format import EXPORT_FORMATS, require_image_size, sidecar_path
 from foodnet.logs import console_logging
-from foodnet.models.checkpoint import load_model
+from foodnet.models.checkpoint import load_model, read_checkpoint
 from foodnet.models.transfer import TransferNet
 
 log = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
-# The TorchScript-based exporter: the newer dynamo exporter needs onnxscript, which foodnet does
-# not depend on. Opset 17 runs on every onnxruntime since 1.11.
-ONNX_OPSET = 17
+# Opset 18: the dynamo exporter's own (it converts lower ones afterwards); onnxruntime >= 1.14.
+ONNX_OPSET = 18
 # Batch size of the example input the model is traced with; the exported batch axis is dynamic.
 EXAMPLE_BATCH = 2
 
@@ -36,6 +40,47 @@ EXAMPLE_BATCH = 2
 def probability_model(net: TransferNet) -> nn.Module:
     """The exported graph: the network followed by softmax, so outputs are probabilities."""
     return nn.Sequential(net.backbone, net.head, nn.Softmax(dim=1)).eval()
+
+
+def _batch_dim() -> torch.export.Dim:
+    return torch.export.Dim("batch", min=1)
+
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """The dynamo exporter's helpers log every optimisation pass at INFO; keep warnings only."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
+    """The dynamo exporter (torch.export + onnxscript); the TorchScript-based one, which PyTorch
+    is removing, only where dynamo fails, and said so."""
+    try:
+        with _quiet("onnxscript", "onnx_ir"):
+            torch.onnx.export(model, (example,), str(out), input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET,
+                              dynamic_shapes=({0: _batch_dim()},), dynamo=True,
+                              external_data=False, verbose=False)
+        return
+    except Exception as err:  # ImportError without onnxscript, or an op dynamo cannot export
+        log.warning("warning: the dynamo ONNX exporter failed (%s: %s); falling back to the "
+                    "TorchScript-based exporter, which PyTorch deprecates", type(err).__name__,
+                    str(err).splitlines()[0] if str(err) else "")
+    with warnings.catch_warnings():
+        # The legacy exporter announces its deprecation: the warning above says it already.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (example,), str(out), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                          dynamo=False)
 
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
@@ -49,18 +94,10 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
-        with warnings.catch_warnings():
-            # The legacy exporter announces its deprecation; it is the one that works offline.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, (example,), str(out), input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                              dynamo=False)
+        export_onnx(model, example, out)
     else:
-        with torch.no_grad(), warnings.catch_warnings():
-            # TorchScript is deprecated in PyTorch (ONNX is the recommended export) but works.
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.trace(model, example).save(str(out))
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: _batch_dim()},))
+        torch.export.save(program, str(out))
     meta = {
         "format": fmt,
         **asdict(info),
@@ -70,6 +107,7 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
         "output_name": OUTPUT_NAME,
         "output": "float32 N x num_classes: softmax probabilities, index = label",
         "checkpoint": str(checkpoint),
+        "card": checkpoint_card(checkpoint, read_checkpoint(checkpoint)),
     }
     sidecar = sidecar_path(out)
     sidecar.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -84,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the model file to write")
     args = parser.parse_args(argv)
     console_logging()
+
     def body() -> int:
         sidecar = export(args.checkpoint, args.format, args.out)
         log.info("wrote %s and %s", args.out, sidecar)

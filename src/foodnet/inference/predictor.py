@@ -3,7 +3,6 @@ predict class probabilities in batches."""
 
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,12 +36,14 @@ class Classifier(ABC):
 
 
 class TorchClassifier(Classifier):
-    """A checkpoint's network (logits, softmax applied here) or a TorchScript export (probs)."""
+    """A checkpoint's network (logits, softmax applied here) or a torch.export program (probs)."""
 
     def __init__(self, module: nn.Module, info: ModelInfo, source: Path, outputs_probs: bool,
                  device: torch.device):
         super().__init__(info, source)
-        self.module = module.to(device).eval()
+        # An exported program is traced in eval mode and refuses .eval(); a network needs it.
+        self.module = module if isinstance(module, torch.fx.GraphModule) \
+            else module.to(device).eval()
         self.outputs_probs = outputs_probs
         self.device = device
 
@@ -92,15 +93,16 @@ def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
         if meta["format"] == "onnx":
             return OnnxClassifier(path, meta, torch_device)
         try:
-            with warnings.catch_warnings():
-                # TorchScript is deprecated in PyTorch (ONNX is the recommended export) but works.
-                warnings.simplefilter("ignore", FutureWarning)
-                module = torch.jit.load(str(path), map_location=torch_device)
-        except Exception as err:  # torch.jit raises RuntimeError or ValueError for foreign files
-            raise ModelFileError(f"{path}: not a loadable TorchScript model ({err})") from None
-        return TorchClassifier(module, info_from_sidecar(meta), path, outputs_probs=True,
-                               device=torch_device)
-    if path.suffix.lower() in (".onnx", ".pt", ".ts"):
+            program = torch.export.load(str(path))
+        except Exception as err:  # torch.export raises several types for foreign/truncated files
+            raise ModelFileError(f"{path}: not a loadable torch.export program ({err})") from None
+        if torch_device.type != "cpu":
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, torch_device)
+        return TorchClassifier(program.module(), info_from_sidecar(meta), path,
+                               outputs_probs=True, device=torch_device)
+    if path.suffix.lower() in (".onnx", ".pt2", ".pt", ".ts"):
         raise ModelFileError(f"{path}: no {sidecar_path(path).name} next to it, so its "
                              "preprocessing is unknown; python -m foodnet.export writes both")
     net, info = load_model(path)  # CheckpointError names the file

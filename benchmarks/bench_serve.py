@@ -8,8 +8,9 @@ is started on 127.0.0.1 with a tiny model (a random-init MobileNetV3-small check
 built here: speed does not depend on the weights), and `--clients` concurrent clients (aiohttp,
 one process) each send `--requests` POST /predict requests, one JPEG each, one after another.
 Reported: errors (any answer but 200 with one predicted record), throughput, p50/p90/p99
-latency, the batch sizes the server ran, and the throughput ratio. The report goes to benchmarks/results/. The clients
-share the machine's cores with the server, which the report says next to the load average.
+latency, the batch sizes the server ran, and the throughput ratio. The report goes to
+benchmarks/results/. The clients share the machine's cores with the server, which the report
+says next to the load average.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def make_model(out: Path, arch: str, image_size: int) -> Path:
     import torch
 
     from foodnet.data.demo import CLASS_NAMES
-    from foodnet.model import create_model
-    from foodnet.module import FoodClassifier
+    from foodnet.models.transfer import create_model
+    from foodnet.training.module import FoodClassifier
 
     torch.manual_seed(0)
     net = create_model(arch, num_classes=len(CLASS_NAMES), weights=None, freeze=True)

@@ -12,23 +12,26 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
+import uvicorn
 from conftest import compose_train, subprocess_env, tiny_overrides
 from omegaconf import OmegaConf
 from PIL import Image
 
-from foodnet.batching import Batcher
-from foodnet.card import model_card
 from foodnet.export import main as export_main
-from foodnet.inference import open_classifier
+from foodnet.inference.batching import Batcher
+from foodnet.inference.card import model_card
+from foodnet.inference.predictor import open_classifier
+from foodnet.inference.server import create_app
 from foodnet.predict import main as predict_main
 from foodnet.serve import main as serve_main
-from foodnet.server import create_app
 
 READY_TIMEOUT = 180  # seconds for a server to import torch and load the model on a busy CI box
 
@@ -140,7 +143,7 @@ def test_batcher_gathers_concurrent_images_and_gives_each_its_own_row():
         try:
             images = [torch.full((3, 2, 2), float(i)) for i in range(24)]
             with ThreadPoolExecutor(8) as pool:
-                rows = list(pool.map(lambda x: batcher.submit([x])[0].result(10), images))
+                rows = list(pool.map(lambda x, b=batcher: b.submit([x])[0].result(10), images))
         finally:
             batcher.stop(10)
         assert [row.item() for row in rows] == [24.0 * i for i in range(24)]
@@ -213,7 +216,7 @@ def test_one_bad_file_among_several_gets_its_own_error_record(server, served_mod
     answer = server.post("/predict", files=upload(*files))
     assert answer.status_code == 200, answer.text
     records = answer.json()
-    assert [r["path"] for r in records] == ["%s" % p.name for p in files]
+    assert [r["path"] for r in records] == [p.name for p in files]
     assert records[1]["predictions"] == []
     assert records[1]["error"].startswith("broken.jpg: not an image")
     same_records(records, predict_cli(served_model, files, capsys))
@@ -227,7 +230,7 @@ def test_health_info_docs_and_page(server):
     assert card["arch"] == "resnet18" and card["num_classes"] == 20
     assert card["class_names"][0] == "red-disk" and card["image_size"] == 32
     assert card["format"] == "checkpoint" and card["trained_at"].startswith("20")
-    assert card["best_val_acc"] is None  # saved by hand, without a ModelCheckpoint
+    assert card["val/acc_best"] is None  # saved by hand, without a ModelCheckpoint
 
     docs = server.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
@@ -378,14 +381,14 @@ def test_the_model_card_of_a_training_run(reference_run, tiny_data, tmp_path):
 
     card = model_card(checkpoint)
     assert card["arch"] == "resnet18" and card["num_classes"] == 20 and card["image_size"] == 32
-    assert card["best_val_acc"] == pytest.approx(reference_run[0]["best_val_acc"])
+    assert card["val/acc_best"] == pytest.approx(reference_run[0]["val/acc_best"])
     assert card["epochs"] == 3 and card["format"] == "checkpoint"
     assert card["train_manifest"] == str(tiny_data["train"]) and card["weights"] is None
     assert card["finetune"] == "freeze" and card["run_dir"] == str(tmp_path.resolve())
 
     shutil.rmtree(tmp_path / ".hydra")  # a checkpoint copied out of its run folder
     card = model_card(checkpoint)
-    assert card["best_val_acc"] == pytest.approx(reference_run[0]["best_val_acc"])
+    assert card["val/acc_best"] == pytest.approx(reference_run[0]["val/acc_best"])
     assert "train_manifest" not in card and card["run_dir"] is None
 
 
@@ -516,11 +519,31 @@ def test_the_page_classifies_a_chosen_dropped_and_pasted_photo(server, browser, 
 
 # ---- every export format --------------------------------------------------------------------
 
+@contextmanager
+def serve_in_thread(app) -> Iterator[httpx.Client]:
+    """The app under uvicorn in a thread of this process, on a free port of 127.0.0.1."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "uvicorn did not start"
+        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
+                          timeout=60) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 def test_serve_reads_every_export_format_with_the_checkpoints_answers(
         fmt, tiny_checkpoint, photos, tmp_path, capsys):
-    from fastapi.testclient import TestClient
-
     out = tmp_path / f"food.{fmt}"
     assert export_main([str(tiny_checkpoint), "--format", fmt, "--out", str(out)]) == 0
     card = model_card(out)
@@ -528,7 +551,7 @@ def test_serve_reads_every_export_format_with_the_checkpoints_answers(
     assert card["arch"] == "resnet18" and card["checkpoint"] == str(tiny_checkpoint)
     app = create_app(open_classifier(out, device="cpu"), card, max_batch_size=8, max_wait=0.01,
                      max_upload_bytes=MIB)
-    with TestClient(app) as client:
+    with serve_in_thread(app) as client:
         answer = client.post("/predict", files=upload(*photos[:4]), data={"topk": "20"})
         assert client.get("/info").json() == card
     assert answer.status_code == 200, answer.text

@@ -14,7 +14,7 @@ COMMANDS = {
     "train": ("foodnet.train", "train a classifier (Hydra overrides: trainer.max_epochs=20 ...)"),
     "evaluate": ("foodnet.evaluate", "test a checkpoint on a manifest: report.json, confusion.png"),
     "predict": ("foodnet.predict", "classify images, folders or lists with a checkpoint or export"),
-    "export": ("foodnet.export", "write a checkpoint as ONNX or TorchScript with its sidecar"),
+    "export": ("foodnet.export", "write a checkpoint as ONNX or .pt2 with its sidecar"),
     "data": ("foodnet.data", "data tools: check, from-folder, demo"),
     "sweep": ("foodnet.sweep", "rewrite the summary of a multirun sweep folder"),
     "serve": ("foodnet.serve", "serve a model over HTTP"),

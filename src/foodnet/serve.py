@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from foodnet.card import model_card
-from foodnet.checkpoint import CheckpointError
-from foodnet.inference import ModelFileError, open_classifier
-from foodnet.server import create_app
+from foodnet.errors import EXIT_OK, EXIT_SIGNAL_BASE, ConfigError, run_cli
+from foodnet.inference.card import model_card
+from foodnet.inference.predictor import open_classifier
+from foodnet.inference.server import create_app
+from foodnet.logs import console_logging
 
 log = logging.getLogger("foodnet.serve")
 MIB = 1024 * 1024
@@ -78,14 +79,14 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as err:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port} ({err.strerror}); pick another --port "
-                      "(0: any free port)") from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror}); pick another "
+                          "--port (0: any free port)") from None
     return sock
 
 
 def _stop_on(signum: int, frame) -> None:
     # Runs after uvicorn's graceful shutdown, which re-raises the signal that stopped it.
-    raise SystemExit(128 + signum)
+    raise SystemExit(EXIT_SIGNAL_BASE + signum)
 
 
 async def _serve(server: uvicorn.Server, sock: socket.socket, name: str) -> None:
@@ -102,31 +103,36 @@ async def _serve(server: uvicorn.Server, sock: socket.socket, name: str) -> None
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    console_logging()
+    return run_cli(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        classifier = open_classifier(args.model, device=args.device)
-        card = model_card(args.model)
-        sock = bind(args.host, args.port)
-    except (ModelFileError, CheckpointError, ValueError, OSError) as err:
-        log.error("error: %s", err)
-        return 2
+    classifier = open_classifier(args.model, device=args.device)
+    card = model_card(args.model)
+    sock = bind(args.host, args.port)
     if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
-        log.warning("warning: --host %s: the server is reachable from other machines", args.host)
+        log.warning("warning: --host %s: the server is reachable from other machines, without "
+                    "authentication", args.host)
     app = create_app(classifier, card, max_batch_size=args.max_batch_size,
                      max_wait=args.max_wait_ms / 1000,
                      max_upload_bytes=int(args.max_upload_mb * MIB))
     config = uvicorn.Config(app, log_level="info", access_log=args.access_log,
                             timeout_graceful_shutdown=10)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _stop_on)
+    previous = {signum: signal.signal(signum, _stop_on)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         asyncio.run(_serve(uvicorn.Server(config), sock, card.get("name", str(args.model))))
     except SystemExit as stop:
         log.info("foodnet serve: stopped")
         return int(stop.code or 0)
-    return 0
+    finally:
+        sock.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

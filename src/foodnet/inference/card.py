@@ -9,28 +9,24 @@ An export copies the card of its checkpoint into its sidecar, so the card travel
 from __future__ import annotations
 
 import json
-import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
-from foodnet.checkpoint import model_info, read_checkpoint
-from foodnet.inference import INFO_KEYS, read_sidecar, sidecar_path
-
-log = logging.getLogger(__name__)
-
-VAL_METRIC = "val/acc"  # the metric whose best value the card reports (the checkpoints' monitor)
+from foodnet.inference.export_format import INFO_KEYS, read_sidecar, sidecar_path
+from foodnet.models.checkpoint import model_info, read_checkpoint
+from foodnet.reports.metrics import VAL_ACC, VAL_ACC_BEST
 
 
 def _best_val_acc(checkpoint: dict, run_dir: Path) -> float | None:
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if key.startswith("ModelCheckpoint") and isinstance(state, dict) \
-                and state.get("monitor") == VAL_METRIC and state.get("best_model_score") is not None:
+                and state.get("monitor") == VAL_ACC and state.get("best_model_score") is not None:
             return float(state["best_model_score"])
     metrics = run_dir / "metrics.json"  # a checkpoint saved without ModelCheckpoint's state
     try:
-        value = json.loads(metrics.read_text(encoding="utf-8")).get("best_val_acc")
+        value = json.loads(metrics.read_text(encoding="utf-8")).get(VAL_ACC_BEST)
     except (OSError, ValueError, AttributeError):
         return None
     return float(value) if isinstance(value, int | float) else None
@@ -55,7 +51,7 @@ def _training_config(run_dir: Path) -> dict:
 
 
 def checkpoint_card(path: str | Path, checkpoint: dict) -> dict:
-    """The card of a checkpoint file (read with foodnet.checkpoint.read_checkpoint)."""
+    """The card of a checkpoint file (read with foodnet.models.checkpoint.read_checkpoint)."""
     path = Path(path)
     info = model_info(checkpoint)
     run_dir = path.resolve().parent.parent  # RUN/checkpoints/FILE.ckpt
@@ -63,19 +59,21 @@ def checkpoint_card(path: str | Path, checkpoint: dict) -> dict:
     # Epochs whose training finished (Lightning's `epoch` is the index of the one running).
     progress = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress")
     epochs = progress.get("total", {}).get("processed") if isinstance(progress, dict) else None
+    in_run = (run_dir / ".hydra").is_dir()
     card = {
-        "name": path.stem,
+        # last.ckpt says little on its own: a run's checkpoint is named after its run folder.
+        "name": f"{run_dir.name}/{path.stem}" if in_run else path.stem,
         "arch": info.arch,
         "num_classes": info.num_classes,
         "class_names": info.class_names,
         "image_size": info.image_size,
         "mean": info.mean,
         "std": info.std,
-        "best_val_acc": _best_val_acc(checkpoint, run_dir),
+        VAL_ACC_BEST: _best_val_acc(checkpoint, run_dir),
         "epochs": epochs if isinstance(epochs, int) else None,
         "trained_at": saved.isoformat(timespec="seconds"),
         "checkpoint": str(path),
-        "run_dir": str(run_dir) if (run_dir / ".hydra").is_dir() else None,
+        "run_dir": str(run_dir) if in_run else None,
         **_training_config(run_dir),
     }
     return card

@@ -32,12 +32,13 @@ function showCard(card) {
   field(list, "Architecture", card.arch);
   field(list, "Classes", `${card.num_classes}`);
   field(list, "Image size", size);
+  const best = card["val/acc_best"];
   field(list, "Best val accuracy",
-        card.best_val_acc === null || card.best_val_acc === undefined
-          ? "not recorded" : percent(card.best_val_acc));
+        best === null || best === undefined ? "not recorded" : percent(best));
   if (card.trained_at) {
     const when = new Date(card.trained_at).toLocaleString();
-    field(list, "Trained", card.epochs ? `${when}, ${card.epochs} epochs` : when);
+    const epochs = card.epochs ? `, ${card.epochs} epoch${card.epochs === 1 ? "" : "s"}` : "";
+    field(list, "Trained", `${when}${epochs}`);
   }
   if (card.train_manifest) field(list, "Trained on", card.train_manifest);
   if ("weights" in card) {

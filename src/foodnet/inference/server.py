@@ -1,13 +1,13 @@
 """The web app of `foodnet serve`: a page at /, a JSON API, OpenAPI docs at /docs.
 
 FastAPI parses requests (multipart via python-multipart) and uvicorn serves them; the images of
-concurrent requests run through the model together (foodnet.batching). A client's mistake never
-reaches the model: each one answers a 4xx with a JSON body {"error": "..."} that names it.
+concurrent requests run through the model together (foodnet.inference.batching). A client's
+mistake never reaches the model: each one answers a 4xx with a JSON body {"error": "..."}.
 
     POST /predict   multipart: one or more `file` fields, optional `topk` (default 5); returns
                     the records of `foodnet predict --format json`, path = the uploaded name
     GET  /health    200 {"status": "ok"} once the model is loaded
-    GET  /info      the model card (foodnet.card)
+    GET  /info      the model card (foodnet.inference.card)
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from foodnet.batching import Batcher
-from foodnet.images import ImageLoadError, decode_rgb
-from foodnet.inference import Classifier, Prediction, prediction_record
+from foodnet.data.images import decode_rgb
+from foodnet.errors import ImageLoadError
+from foodnet.inference.batching import Batcher
+from foodnet.inference.predictor import Classifier, Prediction, prediction_record
 
 log = logging.getLogger(__name__)
 

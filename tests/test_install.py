@@ -109,6 +109,8 @@ def test_the_wheel_holds_the_configs_and_the_command(installed, tmp_path):
     assert config_dir == str(Path(package_file).parent / "conf")
     assert (Path(config_dir) / "train.yaml").is_file()
     assert (Path(config_dir) / "experiment" / "demo.yaml").is_file()
+    static = Path(package_file).parent / "inference" / "static"  # the page of foodnet serve
+    assert {p.name for p in static.iterdir()} >= {"index.html", "app.js", "style.css"}
     run([installed / "python", "-c", CHECK_REQUIREMENTS], cwd=tmp_path, env=env)
     help_text = run([installed / "foodnet", "--help"], cwd=tmp_path, env=env).stdout
     for command in ("train", "evaluate", "predict", "export", "data", "sweep", "serve"):

@@ -10,34 +10,21 @@ import logging
 from pathlib import Path
 
 import hydra
-import lightning as L
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
 
-from foodnet.config import CONFIG_DIR
-from foodnet.data.dataset import ManifestDataset
-from foodnet.data.manifest import read_classes, read_manifest
-from foodnet.data.preprocessing import eval_transform
+from foodnet.config import CONFIG_DIR, EvalSchema, check_config
 from foodnet.errors import ConfigError, ManifestError, exit_on_user_error
-from foodnet.hardware import auto_num_workers
-from foodnet.models.checkpoint import ModelInfo, load_model
-from foodnet.reports.evaluation import Evaluator, IndexedDataset, write_misclassified
-from foodnet.reports.figures import confusion_matrix_figure
-from foodnet.reports.metrics import (
-    ACC,
-    ACC_TOP5,
-    F1_MACRO,
-    classification_report,
-    confusion_matrix,
-    metric,
-)
+from foodnet.reports.metrics import ACC, ACC_TOP5, F1_MACRO, metric
+
+# torch, Lightning and torchvision are imported in evaluate(), so that `--help` and a config
+# mistake answer in well under a second.
 
 log = logging.getLogger(__name__)
 
 
-def resolve_class_names(cfg: DictConfig, info: ModelInfo) -> list[str]:
+def resolve_class_names(cfg: DictConfig, info) -> list[str]:
+    from foodnet.data.manifest import read_classes
+
     if not cfg.data.get("classes"):
         return info.class_names
     names = read_classes(cfg.data.classes)
@@ -49,6 +36,28 @@ def resolve_class_names(cfg: DictConfig, info: ModelInfo) -> list[str]:
 
 def evaluate(cfg: DictConfig) -> dict:
     """Run the checkpoint over data.test_manifest and write the report files; return the report."""
+    cfg = check_config(cfg, EvalSchema)
+    from foodnet.logs import library_chatter
+
+    with library_chatter(cfg.verbose):
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: DictConfig) -> dict:
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader
+
+    from foodnet.data.check import check_manifest, raise_for_errors
+    from foodnet.data.dataset import ManifestDataset, ignore_stop_signals
+    from foodnet.data.preprocessing import eval_transform
+    from foodnet.hardware import auto_num_workers
+    from foodnet.models.checkpoint import load_model
+    from foodnet.reports.evaluation import Evaluator, IndexedDataset, write_misclassified
+    from foodnet.reports.figures import confusion_matrix_figure
+    from foodnet.reports.metrics import classification_report, confusion_matrix
+
     if not cfg.get("ckpt_path"):
         raise ConfigError("set ckpt_path=/path/to/model.ckpt (the checkpoint to evaluate)")
     if not cfg.data.get("test_manifest"):
@@ -60,13 +69,19 @@ def evaluate(cfg: DictConfig) -> dict:
     image_size = cfg.data.image_size or info.image_size
     if not image_size:
         raise ConfigError(f"{cfg.ckpt_path} records no image_size: set data.image_size")
-    samples = read_manifest(cfg.data.test_manifest, num_classes=info.num_classes)
+    # Every problem of the manifest at once, not only the first.
+    report = check_manifest(cfg.data.test_manifest, info.num_classes, decode=False,
+                            label_fix=f"the checkpoint knows {info.num_classes} classes: fix the "
+                                      "label, or evaluate a checkpoint trained on this label")
+    raise_for_errors([report])
+    samples = report.samples
     # The checkpoint's own normalisation, so the model sees what it was trained on.
     dataset = ManifestDataset(samples, eval_transform(image_size, info.mean, info.std))
     workers = cfg.data.num_workers
     workers = auto_num_workers() if workers == "auto" else int(workers)
     loader = DataLoader(IndexedDataset(dataset), batch_size=cfg.data.batch_size,
-                        num_workers=workers, pin_memory=torch.cuda.is_available())
+                        num_workers=workers, pin_memory=torch.cuda.is_available(),
+                        worker_init_fn=ignore_stop_signals)
 
     evaluator = Evaluator(net)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])

@@ -18,15 +18,19 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from foodnet.errors import EXIT_OK, ConfigError, run_cli
-from foodnet.inference.card import checkpoint_card
-from foodnet.inference.export_format import EXPORT_FORMATS, require_image_size, sidecar_path
 from foodnet.logs import console_logging
-from foodnet.models.checkpoint import load_model, read_checkpoint
-from foodnet.models.transfer import TransferNet
+
+# torch is imported where it is used: `--help` and an argument error answer in well under a second.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from foodnet.models.transfer import TransferNet
+
+EXPORT_FORMATS = ("onnx", "pt2")  # as in foodnet.inference.export_format (a test checks)
 
 log = logging.getLogger(__name__)
 INPUT_NAME = "image"
@@ -39,10 +43,14 @@ EXAMPLE_BATCH = 2
 
 def probability_model(net: TransferNet) -> nn.Module:
     """The exported graph: the network followed by softmax, so outputs are probabilities."""
+    from torch import nn
+
     return nn.Sequential(net.backbone, net.head, nn.Softmax(dim=1)).eval()
 
 
 def _batch_dim() -> torch.export.Dim:
+    import torch
+
     return torch.export.Dim("batch", min=1)
 
 
@@ -63,6 +71,8 @@ def _quiet(*names: str) -> Iterator[None]:
 def export_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     """The dynamo exporter (torch.export + onnxscript); the TorchScript-based one, which PyTorch
     is removing, only where dynamo fails, and said so."""
+    import torch
+
     try:
         with _quiet("onnxscript", "onnx_ir"):
             torch.onnx.export(model, (example,), str(out), input_names=[INPUT_NAME],
@@ -85,8 +95,18 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
 
 def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     """Write the model to `out` and its preprocessing to the sidecar; return the sidecar path."""
+    import torch
+
+    from foodnet.inference.card import checkpoint_card
+    from foodnet.inference.export_format import require_image_size, sidecar_path
+    from foodnet.inference.inputs import check_output
+    from foodnet.models.checkpoint import load_model, read_checkpoint
+
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"--format {fmt}: choose one of {', '.join(EXPORT_FORMATS)}")
+    # Before loading anything: a folder or an unwritable place costs nothing.
+    check_output(Path(out))
+    check_output(sidecar_path(Path(out)), "--out (its sidecar)")
     net, info = load_model(checkpoint)
     size = require_image_size(info, checkpoint)
     model = probability_model(net)

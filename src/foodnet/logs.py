@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class RankZeroFilter(logging.Filter):
@@ -54,3 +57,31 @@ def console_logging(info_stream: str = "stdout", level: int = logging.INFO) -> N
         handler.addFilter(RankZeroFilter())
         root.addHandler(handler)
     root.setLevel(level)
+
+
+# Library loggers whose INFO lines are chatter in a foodnet run: Lightning's "GPU available",
+# "💡 Tip", the model summary table, "`Trainer.fit` stopped: ...".
+CHATTY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+
+
+@contextmanager
+def library_chatter(verbose: bool) -> Iterator[None]:
+    """Unless verbose: library INFO lines and deprecation/possible-user warnings are off inside."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in CHATTY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        # Lightning's hints about worker counts and logging intervals on tiny data.
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*log_every_n_steps.*")
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)

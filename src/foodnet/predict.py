@@ -2,8 +2,10 @@
 
 MODEL is a training checkpoint (.ckpt) or an export (.onnx / TorchScript) with its sidecar JSON.
 INPUT is image files, folders (searched recursively) or .txt lists ("image_path [label]" lines).
-Exit status: 0 every image predicted, 1 some image could not be read (each one is reported on
-stderr and in the output, the others are predicted), 2 bad model, input or arguments.
+Exit status: 0 every image predicted, 1 some image could not be decoded (each one is reported on
+stderr and in the output, the others are predicted), 2 bad model, input, output or arguments
+(a missing input file, an --out that is a folder or not writable), checked before predicting.
+Hidden files and folders (.thumbnails/, ._a.jpg) inside an input folder are skipped.
 """
 
 from __future__ import annotations
@@ -14,17 +16,15 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from foodnet.errors import EXIT_OK, EXIT_PARTIAL, run_cli
-from foodnet.inference.inputs import collect_images
-from foodnet.inference.predictor import (
-    Classifier,
-    open_classifier,
-    predict_images,
-    prediction_record,
-)
 from foodnet.logs import console_logging
+
+# torch comes with foodnet.inference.predictor, imported in run(): `--help` and an argument error
+# answer in well under a second.
+if TYPE_CHECKING:
+    from foodnet.inference.predictor import Classifier
 
 log = logging.getLogger(__name__)
 CSV_COLUMNS = ("path", "rank", "label", "class", "prob", "error")
@@ -40,7 +40,8 @@ def positive_int(text: str) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m foodnet.predict", description=__doc__.split("\n\n")[0],
-        epilog="exit status: 0 all predicted, 1 some image unreadable, 2 bad model/input/usage")
+        epilog="exit status: 0 all predicted, 1 some image undecodable, 2 bad model/input/output/"
+               "usage (docs/errors.md)")
     parser.add_argument("model", type=Path, help="a .ckpt checkpoint or an exported model")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (recursive) or .txt image lists")
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def predict_records(classifier: Classifier, paths: list[Path], topk: int,
                     batch_size: int) -> list[dict]:
     """One record per image: {"path", "predictions": [{"label", "class", "prob"}]} (+ "error")."""
+    from foodnet.inference.predictor import predict_images, prediction_record
+
     records = []
     for prediction in predict_images(classifier, paths, batch_size):
         if prediction.error is not None:
@@ -83,8 +86,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    classifier = open_classifier(args.model, device=args.device)
+    from foodnet.inference.inputs import check_output, collect_images
+
+    # Inputs and output first: a mistake costs nothing, not a whole run of predictions.
+    if args.out:
+        check_output(args.out)
     paths = collect_images(args.inputs)
+    from foodnet.inference.predictor import open_classifier
+
+    classifier = open_classifier(args.model, device=args.device)
     records = predict_records(classifier, paths, args.topk, args.batch_size)
     failed = sum("error" in r for r in records)
     if args.out:

@@ -183,11 +183,42 @@ class SweepSummary(Callback):
             raise SystemExit(1)
 
 
+def is_sweep_dir(path: Path) -> bool:
+    """A multirun folder: job folders below it, and not itself a job's folder."""
+    return not (path / ".hydra").is_dir() and any(path.glob("*/**/.hydra/overrides.yaml"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-summarise a sweep, e.g. one whose SLURM jobs are still running."""
+    import argparse
+
+    from foodnet.errors import EXIT_OK, EXIT_PARTIAL, InputError, run_cli
+
+    parser = argparse.ArgumentParser(
+        prog="python -m foodnet.sweep",
+        description="Write summary.csv and summary.md of a Hydra multirun folder and print the "
+                    "best job.",
+        epilog="exit status: 0 every job completed, 1 some job failed or is unfinished, "
+               "2 not a sweep folder or bad arguments (docs/errors.md)")
+    parser.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR",
+                        help="a multirun/... folder (one job folder per run below it)")
+    args = parser.parse_args(argv)
+    console_logging()
+
+    def body() -> int:
+        if not args.sweep_dir.is_dir():
+            raise InputError(f"{args.sweep_dir}: no such folder")
+        if not is_sweep_dir(args.sweep_dir):
+            raise InputError(f"{args.sweep_dir}: not a sweep folder (no job folders with "
+                             ".hydra/overrides.yaml below it, or it is a single run's folder); "
+                             "give the multirun/... folder")
+        jobs = summarize(args.sweep_dir)
+        return EXIT_PARTIAL if any(j.status != "completed" for j in jobs) else EXIT_OK
+
+    return run_cli(body)
+
+
 if __name__ == "__main__":
-    # Re-summarise a sweep, e.g. one whose SLURM jobs are still running: python -m foodnet.sweep DIR
     import sys
 
-    console_logging()
-    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
-        sys.exit("usage: python -m foodnet.sweep SWEEP_DIR (a multirun/... folder)")
-    summarize(sys.argv[1])
+    sys.exit(main())

@@ -4,44 +4,41 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import signal
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from foodnet.config import CONFIG_DIR
-from foodnet.data.datamodule import FoodDataModule
+from foodnet.config import CONFIG_DIR, TrainSchema, check_config
 from foodnet.errors import ConfigError, exit_on_user_error, find_user_error, user_message
-from foodnet.models.transfer import create_model
-from foodnet.reports.metrics import (
-    ACC,
-    ACC_TOP5,
-    F1_MACRO,
-    PER_CLASS_ACC,
-    VAL_ACC_BEST,
-    metric,
-)
-from foodnet.training.features import FeatureCache, attach_features
-from foodnet.training.finetune import create_finetuning, freezes_backbone
-from foodnet.training.module import FoodClassifier, balanced_class_weights
-from foodnet.training.preflight import check_settings
-from foodnet.training.resume import check_resume, resolve_ckpt_path
-from foodnet.training.trainer import expected_warnings
+from foodnet.reports.metrics import ACC, ACC_TOP5, F1_MACRO, PER_CLASS_ACC, VAL_ACC_BEST, metric
+
+# torch, Lightning and torchvision are imported where they are used, so that `--help` and a
+# config mistake answer in well under a second.
+if TYPE_CHECKING:
+    import lightning as L
+
+    from foodnet.data.datamodule import FoodDataModule
+    from foodnet.training.module import FoodClassifier
 
 log = logging.getLogger(__name__)
 
 
 def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
     """Instantiate the datamodule, the LightningModule and the Trainer from a composed config."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from foodnet.models.transfer import create_model
+    from foodnet.training.finetune import create_finetuning, freezes_backbone
+    from foodnet.training.module import FoodClassifier
+
     datamodule: FoodDataModule = _instantiate(cfg.data)
     finetune_options = OmegaConf.to_container(cfg.finetune, resolve=True)
     strategy = finetune_options.pop("strategy")
@@ -68,6 +65,9 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
 
 def _instantiate(node, **kwargs):
     """hydra's instantiate, re-raising a user error that the built class raised as itself."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -82,6 +82,8 @@ def _class_weights(option, datamodule: FoodDataModule, num_classes: int) -> list
     if option is None:
         return None
     if option == "balanced":
+        from foodnet.training.module import balanced_class_weights
+
         datamodule.setup("fit")
         return balanced_class_weights(datamodule.datasets["train"].labels, num_classes)
     if isinstance(option, str):
@@ -114,6 +116,8 @@ def use_backbone_features(cfg: DictConfig, datamodule: FoodDataModule, module: F
     backbone stays frozen for the whole run (finetune=freeze), the validation features are
     computed once in memory.
     """
+    from foodnet.training.features import FeatureCache, attach_features
+
     frozen = cfg.finetune.strategy == "freeze"
     if cfg.get("cache_features"):
         splits = [s for s in ("train", "val", "test") if cfg.data.get(f"{s}_manifest")]
@@ -129,12 +133,54 @@ def use_backbone_features(cfg: DictConfig, datamodule: FoodDataModule, module: F
                     channels_last=module.channels_last)
 
 
+def check_trainer_keys(trainer_cfg) -> None:
+    """A trainer.* key that Lightning's Trainer does not take is a typo, named before building."""
+    import inspect
+
+    import lightning as L
+
+    from foodnet.training.trainer import create_trainer
+
+    known = set(inspect.signature(L.Trainer.__init__).parameters)
+    known |= set(inspect.signature(create_trainer).parameters) | {"_target_"}
+    unknown = sorted(set(trainer_cfg) - known)
+    if unknown:
+        raise ConfigError(f"trainer.{unknown[0]}: no such setting of Lightning's Trainer; check "
+                          "the spelling (python -m foodnet.train --cfg job lists every key)")
+
+
+def warn_random_frozen_backbone(cfg: DictConfig) -> None:
+    """model.weights=null with finetune=freeze trains a head on random features: allowed (speed
+    benchmarks of the recipe use it), but said once, with the fix."""
+    if cfg.model.weights is None and cfg.finetune.strategy == "freeze":
+        log.warning("model.weights=null with finetune=freeze: the backbone stays RANDOM and only "
+                    "the head trains, which learns little. For a real model use "
+                    "finetune=full (train everything from scratch) or real pretrained weights "
+                    "(model.weights=DEFAULT, or a .pth file)")
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint when a test manifest is given, write metrics.json."""
+    cfg = check_config(cfg, TrainSchema)
+    from foodnet.logs import library_chatter
+
+    with library_chatter(cfg.verbose):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict:
+    import lightning as L
+
+    from foodnet.training.preflight import check_settings
+    from foodnet.training.resume import check_resume, resolve_ckpt_path
+    from foodnet.training.trainer import expected_warnings
+
     run_dir = Path(cfg.paths.output_dir)
     log.info("run dir: %s", run_dir)
+    check_trainer_keys(cfg.trainer)
     check_settings(cfg.model.arch, cfg.model.weights, cfg.model.optimizer.get("lr"))
     check_cache_features(cfg)
+    warn_random_frozen_backbone(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
     # Resume: vet the checkpoint (weights_only, same model, epochs left) before Lightning loads it.
@@ -142,7 +188,9 @@ def train(cfg: DictConfig) -> dict:
     if ckpt_path is not None:
         check_resume(ckpt_path, cfg.model.arch, cfg.model.num_classes, trainer.max_epochs)
         log.info("resuming from %s", ckpt_path)
-    datamodule.setup("fit")  # read the manifests now: a bad label stops the run before training
+    # Read every manifest of the run now (train, val and test): all problems of all splits are
+    # reported at once, before the first epoch.
+    datamodule.setup()
     use_backbone_features(cfg, datamodule, module, trainer)
     with expected_warnings():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -189,15 +237,43 @@ def record_failure(cfg: DictConfig, error: str) -> float:
     return float("-inf")
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command that continues this run: its overrides, its folder and ckpt_path=last."""
+    overrides = []
+    if HydraConfig.initialized():
+        dropped = ("ckpt_path=", "hydra.run.dir=", "overwrite=")
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(dropped)]
+    words = ["python", "-m", "foodnet.train", *overrides, f"hydra.run.dir={run_dir}",
+             "ckpt_path=last"]
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def _run(cfg: DictConfig) -> dict:
+    """train(), with a stop by signal turned into exit 128+N and the command that resumes."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from foodnet.training.callbacks.safety import Preempted
+
+    try:
+        return train(cfg)
+    except Preempted:
+        log.warning("resume: %s", resume_command(Path(cfg.paths.output_dir)))
+        raise
+    except SIGTERMException:  # Lightning's handler, outside training (callbacks.safety)
+        log.warning("SIGTERM before training started: nothing to save")
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except KeyboardInterrupt:  # Ctrl-C outside training (setup, sanity check, final test)
+        log.warning("interrupted (Ctrl-C) outside training: no checkpoint written")
+        raise SystemExit(128 + signal.SIGINT) from None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     # Hydra's launchers stop a sweep at the first job that raises; one bad job must not cost the
     # others, so in a multirun failures are recorded (sweep.py summarises them) instead.
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         try:
-            metrics = train(cfg)
-        except SIGTERMException:
-            raise SystemExit(128 + signal.SIGTERM) from None
+            metrics = _run(cfg)
         except Exception as err:
             user_error = find_user_error(err)
             if user_error is None:
@@ -208,10 +284,7 @@ def main(cfg: DictConfig) -> float | None:
                                   else f"{type(err).__name__}: {err}")
     else:
         with exit_on_user_error():
-            try:
-                metrics = train(cfg)
-            except SIGTERMException:  # Lightning's handler, outside training (callbacks.safety)
-                raise SystemExit(128 + signal.SIGTERM) from None
+            metrics = _run(cfg)
     # Returned to Hydra so that sweepers can optimise it.
     return metrics[VAL_ACC_BEST]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foodnet.data.images import load_rgb
-from foodnet.data.manifest import Problem, Sample, scan_manifest
+from foodnet.data.manifest import TRAIN_LABEL_FIX, Problem, Sample, scan_manifest
 from foodnet.errors import ImageLoadError, ManifestError
 
 # Training setup prints at most this many problems, then a count of the rest.
@@ -106,11 +106,11 @@ def default_workers() -> int:
 
 def check_manifest(path: str | Path, num_classes: int | None = None,
                    class_names: list[str] | None = None, decode: bool = True,
-                   workers: int | None = None) -> Report:
+                   workers: int | None = None, label_fix: str = TRAIN_LABEL_FIX) -> Report:
     """Validate every line of one manifest and its images (quick when decode=False)."""
     if class_names is not None:
         num_classes = num_classes or len(class_names)
-    samples, problems = scan_manifest(path, num_classes)
+    samples, problems = scan_manifest(path, num_classes, label_fix)
     report = Report(Path(path), samples, problems, num_classes, class_names, decoded=decode)
     # Each file is checked once even when several lines list it.
     first: dict[Path, Sample] = {}
@@ -166,7 +166,9 @@ def raise_for_errors(reports: Iterable[Report]) -> None:
     if len(errors) == 1:
         raise ManifestError(str(errors[0]))
     manifests = " ".join(str(r.manifest) for r in reports if r.errors)
+    counted = next((r.num_classes for r in reports if r.num_classes), None)
+    option = f" --num-classes {counted}" if counted else ""
     raise ManifestError(
-        f"{len(errors)} problems in the data; fix them, then train again "
-        f"(the full list: python -m foodnet.data check {manifests}):\n"
+        f"{len(errors)} problems in the data; fix them, then run again "
+        f"(the full list: python -m foodnet.data check{option} {manifests}):\n"
         + format_problems(errors))

@@ -17,6 +17,7 @@ from foodnet.data.dataset import (
     BadImage,
     ManifestDataset,
     SkippingLoader,
+    ignore_stop_signals,
     record_skip,
 )
 from foodnet.data.feature_dataset import FeatureDataset
@@ -107,7 +108,8 @@ class FoodDataModule(L.LightningDataModule):
         dataset.transform = (train_transform(self.image_size, self.augment) if augmented
                              else eval_transform(self.image_size))
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                          worker_init_fn=ignore_stop_signals)
 
     def use_features(self, split: str, dataset: FeatureDataset) -> None:
         """Serve `split` as precomputed backbone features instead of images."""
@@ -119,6 +121,7 @@ class FoodDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer \
             else (1, 0)
+        drop_last = False
         if split != "train" and world_size > 1:
             # Lightning's default DistributedSampler pads with repeated samples; evaluation must
             # count each sample exactly once (torchmetrics sums the ranks' states).
@@ -131,6 +134,14 @@ class FoodDataModule(L.LightningDataModule):
             sampler = EpochSampler(dataset, self.seed, world_size, rank,
                                    position=self._train_position if self.trainer else None)
             dataset = SeededSamples(dataset)
+            # A last batch of one sample breaks BatchNorm in train mode ("Expected more than 1
+            # value per channel"): that sample is left out of this epoch (the order changes
+            # every epoch, so it is another one each time).
+            drop_last = len(sampler) % self.batch_size == 1
+            if drop_last and len(sampler) > 1:
+                log.info("train: %d images per epoch = k x data.batch_size %d + 1: the last "
+                         "batch of one is dropped (BatchNorm cannot train on a single sample)",
+                         len(sampler), self.batch_size)
         else:
             sampler = None
         if isinstance(dataset, FeatureDataset):
@@ -138,7 +149,7 @@ class FoodDataModule(L.LightningDataModule):
             return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
         return SkippingLoader(dataset, on_bad_image=self.on_bad_image, skipped=self.skipped,
                               batch_size=self.batch_size, sampler=sampler,
-                              num_workers=self.num_workers,
+                              drop_last=drop_last, num_workers=self.num_workers,
                               persistent_workers=self.num_workers > 0,
                               pin_memory=torch.cuda.is_available(),
                               # Worker base seeds come from here, not from the global RNG.

@@ -10,6 +10,7 @@ clean ImageLoadError naming the manifest line and the path, or log it once, coun
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,18 @@ from foodnet.errors import ConfigError, ImageLoadError
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("error", "skip")
+# The signals that stop a run. `timeout`, `kill -TERM -PGID`, SLURM and a terminal's Ctrl-C send
+# them to the whole process group, loader workers included.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: workers ignore the stop signals, so that the main process,
+    which decides (training.callbacks.safety.Preemption), can still fetch its batch and save.
+    A worker still exits when the main process ends (torch watches its parent)."""
+    for name in STOP_SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,7 @@ class SkippingLoader(DataLoader):
             raise ConfigError(f"data.on_bad_image={on_bad_image!r}: expected one of "
                               f"{', '.join(BAD_IMAGE_POLICIES)}")
         kwargs.setdefault("collate_fn", collate_skipping)
+        kwargs.setdefault("worker_init_fn", ignore_stop_signals)
         if isinstance(dataset, _MarkBadImages):  # Lightning re-creates loaders from .dataset
             dataset = dataset.dataset
         super().__init__(_MarkBadImages(dataset), **kwargs)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -20,6 +21,8 @@ from pathlib import Path
 from foodnet.data.images import IMAGE_EXTENSIONS
 from foodnet.data.manifest import parse_line, write_classes, write_manifest
 from foodnet.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -83,6 +86,10 @@ def from_folder(root: str | Path, out: str | Path, val_fraction: float = 0.1,
         if not entry.is_dir():
             skipped.append(entry)  # a file outside any class folder
             continue
+        if entry.name != entry.name.strip() or any(c in entry.name for c in "\n\r\t"):
+            # classes.txt holds one name per line: such a name would break it and the labels.
+            raise InputError(f"{entry!r}: a class folder name with a line break, tab or edge "
+                             "spaces cannot be written to classes.txt; rename the folder")
         images = []
         for file in sorted(entry.rglob("*")):
             if not file.is_file() or _is_hidden(file, root):
@@ -104,6 +111,9 @@ def from_folder(root: str | Path, out: str | Path, val_fraction: float = 0.1,
                           f"extensions {' '.join(sorted(IMAGE_EXTENSIONS))})")
 
     class_names = sorted(per_class)
+    if len(class_names) == 1:
+        log.warning("%s: only one class folder with images (%s): a classifier needs at least two "
+                    "classes to learn anything; add a folder per class", root, class_names[0])
     rows: dict[str, list[tuple[str, int]]] = {split: [] for split in SPLITS}
     for label, name in enumerate(class_names):
         images = list(per_class[name])

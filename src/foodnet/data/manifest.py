@@ -91,14 +91,17 @@ def parse_line(text: str, source: Path, line: int) -> Sample | None:
     return result
 
 
-def _out_of_range(sample: Sample, num_classes: int) -> Problem:
+TRAIN_LABEL_FIX = "set model.num_classes or fix the label"
+
+
+def _out_of_range(sample: Sample, num_classes: int, fix: str = TRAIN_LABEL_FIX) -> Problem:
     return Problem(sample.source, sample.line,
                    f"label {sample.label} is out of range for {num_classes} classes "
-                   "(set model.num_classes or fix the label)", sample.path)
+                   f"({fix})", sample.path)
 
 
-def scan_manifest(path: str | Path,
-                  num_classes: int | None = None) -> tuple[list[Sample], list[Problem]]:
+def scan_manifest(path: str | Path, num_classes: int | None = None,
+                  label_fix: str = TRAIN_LABEL_FIX) -> tuple[list[Sample], list[Problem]]:
     """Parse every line, collecting every problem instead of stopping at the first.
 
     Returns the well-formed samples (labels in range) and the problems: errors for bad lines,
@@ -120,7 +123,7 @@ def scan_manifest(path: str | Path,
             problems.append(result)
             continue
         if num_classes is not None and result.label >= num_classes:
-            problems.append(_out_of_range(result, num_classes))
+            problems.append(_out_of_range(result, num_classes, label_fix))
             continue
         earlier = first_seen.setdefault(result.path, result)
         if earlier is not result:

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from foodnet.data.images import IMAGE_EXTENSIONS
 from foodnet.data.manifest import resolve_image_path
-from foodnet.errors import InputError
+from foodnet.errors import InputError, OutputError
+
+
+def check_output(path: Path, option: str = "--out") -> None:
+    """Fail before any work when `path` cannot be written: a folder, or a place not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path}: is a folder; give a file name, e.g. {path}/out.json")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise OutputError(f"{option} {path}: {parent} is a file, not a folder")
+    target = path if path.exists() else parent
+    if not os.access(target, os.W_OK):
+        raise OutputError(f"{option} {path}: {target} is not writable; choose another place")
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    """Dot files and anything under a dot folder (._a.jpg, .thumbnails/): skipped like
+    `python -m foodnet.data from-folder` does."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def read_image_list(path: Path) -> list[Path]:
@@ -34,12 +54,15 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not _hidden(p, item))
             if not found:
                 raise InputError(f"{item}: folder holds no images ({' '.join(IMAGE_EXTENSIONS)})")
             images += found
         elif item.suffix.lower() == ".txt":
             images += read_image_list(item)
+        elif not item.exists():
+            raise InputError(f"{item}: no such file or folder")
         else:
-            images.append(item)  # a missing or undecodable file is reported per image
+            images.append(item)  # an undecodable file is reported per image
     return images

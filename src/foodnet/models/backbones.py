@@ -3,6 +3,7 @@ so that it maps images to pooled features."""
 
 from __future__ import annotations
 
+import logging
 import urllib.error
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from torchvision import models
 
 from foodnet.errors import ConfigError, WeightsError
 from foodnet.models.weights import download_help, load_state_dict, resolve_weights
+
+log = logging.getLogger(__name__)
 
 
 def available_archs() -> list[str]:
@@ -43,15 +46,42 @@ def _load_classifier(arch: str, weights: str | None) -> nn.Module:
     if isinstance(resolved, Path) or resolved is None:
         net = models.get_model(arch, weights=None)
         if resolved is not None:
-            try:
-                net.load_state_dict(load_state_dict(resolved))
-            except RuntimeError as err:
-                raise WeightsError(f"{resolved}: weights do not fit {arch} ({err})") from err
+            _load_weights_file(net, resolved, arch)
         return net
     try:
         return models.get_model(arch, weights=resolved)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
         raise WeightsError(download_help(resolved)) from err
+
+
+def _load_weights_file(net: nn.Module, path: Path, arch: str) -> None:
+    """A state_dict of the whole classifier, or a foodnet checkpoint: its backbone (a new head is
+    trained on it)."""
+    state = load_state_dict(path)
+    prefix = "net.backbone."
+    backbone = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        if not backbone:
+            net.load_state_dict(state)
+            return
+        missing, unexpected = net.load_state_dict(backbone, strict=False)
+    except RuntimeError as err:
+        raise WeightsError(f"{path}: weights do not fit {arch} ({_first_lines(err)})") from None
+    # Only the classifier's own head (a weight and a bias, or a few) may be missing.
+    if unexpected or len(missing) > 4:
+        raise WeightsError(f"{path}: a foodnet checkpoint whose backbone does not fit {arch} "
+                           f"({len(missing)} missing, {len(unexpected)} unexpected keys); set "
+                           "model.arch to the checkpoint's arch")
+    log.info("model.weights=%s: a foodnet checkpoint; its backbone is loaded under a new head "
+             "(to continue that run instead, use ckpt_path=)", path)
+
+
+def _first_lines(err: Exception, limit: int = 3) -> str:
+    """torch's load_state_dict error lists every key (kilobytes): the first few lines."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = " ".join(lines[:limit])
+    text = text if len(text) <= 400 else text[:400] + " ..."
+    return text + (f" ... ({len(lines) - limit} more lines)" if len(lines) > limit else "")
 
 
 def create_backbone(arch: str, weights: str | None) -> tuple[nn.Module, int]:

@@ -37,7 +37,9 @@ def download_help(weights) -> str:
     return (f"could not download {weights} from {weights.url}. Ways out: place {filename} in "
             f"{cache}/ (copy it from a machine with internet), or pass "
             "model.weights=/path/to/weights.pth (a state_dict for this arch), or "
-            "model.weights=null to start from random initialisation")
+            "model.weights=null finetune=full to train the whole network from random "
+            "initialisation (with the default finetune=freeze a random backbone stays random "
+            "and only the head learns)")
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -3,8 +3,12 @@ metrics.json, report.json, MLflow and the sweep summary, e.g. `val/acc_best`, `t
 
 from __future__ import annotations
 
-import torch
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+from typing import TYPE_CHECKING
+
+# The names below are read by every command, also by `--help`: torch comes only with the
+# functions that compute.
+if TYPE_CHECKING:
+    import torch
 
 TOP_K = 5  # the k of */acc_top5 (clamped to the number of classes)
 
@@ -25,6 +29,8 @@ def metric(split: str, name: str) -> str:
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts, true class down, predicted class across."""
+    import torch
+
     matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
     matrix.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
     return matrix
@@ -40,6 +46,9 @@ def per_class_accuracy(confusion: torch.Tensor, class_names: list[str]) -> dict[
 def classification_report(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str],
                           split: str = "test") -> dict:
     """Accuracy, top-k, macro F1, per-class accuracy and counts, under this module's names."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
     num_classes = len(class_names)
     preds = probs.argmax(dim=1)
     images = torch.bincount(labels, minlength=num_classes)

@@ -62,7 +62,8 @@ class Preempted(SystemExit):
 
 
 class Preemption(L.Callback):
-    """On SIGTERM or SIGUSR1: finish the current batch, write last.ckpt, exit 128 + signal.
+    """On SIGTERM, SIGUSR1 or Ctrl-C (SIGINT): finish the current batch, write last.ckpt, exit
+    128 + signal (143, 138, 130). A second Ctrl-C stops at once, without a checkpoint.
 
     Lightning's own SIGTERM handler stops without a checkpoint and exits 0, and outside SLURM it
     ignores SIGUSR1. This callback takes over SIGTERM while training runs and adds SIGUSR1 on top
@@ -71,7 +72,10 @@ class Preemption(L.Callback):
     sanity check or the final test ends the run through Lightning's handler, without checkpoint.
     """
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")  # SIGUSR1: SLURM's `--signal=USR1@<seconds>` warning
+    # SIGUSR1: SLURM's `--signal=USR1@<seconds>` warning. The loader workers ignore all three
+    # (foodnet.data.dataset.ignore_stop_signals): a signal sent to the whole process group must
+    # not kill them before this process has saved.
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self):
         self.signum: int | None = None
@@ -89,6 +93,9 @@ class Preemption(L.Callback):
 
     def _handler(self, chained):
         def handle(signum, frame):
+            if signum == signal.SIGINT:
+                # The next Ctrl-C interrupts at once, as Python's default does.
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             self.signum = self.signum or signum
             if chained is not None:
                 chained(signum, frame)

@@ -1,0 +1,55 @@
+"""A run folder that already holds a run is not overwritten: Hydra callback, before Hydra writes
+its .hydra/ and log file there."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from foodnet.errors import EXIT_USAGE
+
+log = logging.getLogger(__name__)
+
+# What train and evaluate write into a run folder; a folder with any of them holds a run.
+RUN_OUTPUTS = ("checkpoints", "tensorboard", "metrics.json", "report.json", "confusion.png",
+               "misclassified.csv")
+
+
+def previous_outputs(run_dir: Path) -> list[Path]:
+    """foodnet's outputs already in run_dir (an empty checkpoints/ folder does not count)."""
+    found = []
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            found.append(path)
+    return found
+
+
+class RunFolderGuard(Callback):
+    """Single runs only (each multirun job has its own folder): refuse a folder holding a run
+    unless the run resumes (train's ckpt_path) or overwrite=true, which clears it first."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(str(config.hydra.run.dir))
+        found = previous_outputs(run_dir)
+        if not found:
+            return
+        resumes = config.hydra.job.config_name == "train" and config.get("ckpt_path")
+        if resumes:
+            return
+        if config.get("overwrite"):
+            for path in found:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            log.warning("overwrite=true: removed the previous run's %s from %s",
+                        ", ".join(p.name for p in found), run_dir)
+            return
+        fix = ("resume it with ckpt_path=last, " if config.hydra.job.config_name == "train"
+               else "")
+        log.error("error: %s already holds a run (%s): %sset overwrite=true to replace it, or "
+                  "choose another hydra.run.dir", run_dir, ", ".join(p.name for p in found), fix)
+        raise SystemExit(EXIT_USAGE)

@@ -250,6 +250,7 @@ def resume_command(run_dir: Path) -> str:
 
 def _run(cfg: DictConfig) -> dict:
     """train(), with a stop by signal turned into exit 128+N and the command that resumes."""
+    check_config(cfg, TrainSchema)  # before the heavy imports: a typo answers at once
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from foodnet.training.callbacks.safety import Preempted

@@ -137,8 +137,8 @@ class FoodDataModule(L.LightningDataModule):
             # A last batch of one sample breaks BatchNorm in train mode ("Expected more than 1
             # value per channel"): that sample is left out of this epoch (the order changes
             # every epoch, so it is another one each time).
-            drop_last = len(sampler) % self.batch_size == 1
-            if drop_last and len(sampler) > 1:
+            drop_last = len(sampler) % self.batch_size == 1 and len(sampler) > 1
+            if drop_last:
                 log.info("train: %d images per epoch = k x data.batch_size %d + 1: the last "
                          "batch of one is dropped (BatchNorm cannot train on a single sample)",
                          len(sampler), self.batch_size)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,16 +11,21 @@ from foodnet.errors import InputError, OutputError
 
 
 def check_output(path: Path, option: str = "--out") -> None:
-    """Fail before any work when `path` cannot be written: a folder, or a place not writable."""
+    """Fail before any work when `path` cannot be written: a folder, or a place not writable
+    (tried for real: a file is created and removed again)."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{option} {path}: is a folder; give a file name, e.g. {path}/out.json")
-    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise OutputError(f"{option} {path}: {parent} is a file, not a folder")
-    target = path if path.exists() else parent
-    if not os.access(target, os.W_OK):
-        raise OutputError(f"{option} {path}: {target} is not writable; choose another place")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as err:
+        raise OutputError(f"{option} {path}: cannot be written ({err.strerror or err}); choose "
+                          "another place") from None
+    if not existed:
+        path.unlink()
 
 
 def _hidden(path: Path, root: Path) -> bool:

@@ -101,7 +101,7 @@ def test_02_bad_val_and_test_manifests_stop_the_run_before_training(tiny_data, t
 # 3: a frozen random backbone is said once, with the fix; it still runs.
 def test_03_frozen_random_backbone_warns_once_and_still_runs(tiny_data, tmp_path, caplog):
     caplog.set_level(logging.WARNING)
-    metrics = train(compose_train(tiny_overrides(tiny_data, **{"trainer.limit_train_batches": 1}),
+    metrics = train(compose_train(tiny_overrides(tiny_data, **{"+trainer.limit_train_batches": 1}),
                                   run_dir=tmp_path))
     assert metrics["status"] == "completed"
     warned = [r.getMessage() for r in caplog.records if "backbone stays RANDOM" in r.getMessage()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ class RunFolderGuard(Callback):
             return
         fix = ("resume it with ckpt_path=last, " if config.hydra.job.config_name == "train"
                else "")
-        log.error("error: %s already holds a run (%s): %sset overwrite=true to replace it, or "
-                  "choose another hydra.run.dir", run_dir, ", ".join(p.name for p in found), fix)
+        # Written directly: foodnet's logging (job_logging) is set up only once the job starts,
+        # and Hydra's own handler would put this error on stdout.
+        sys.stderr.write(f"error: {run_dir} already holds a run "
+                         f"({', '.join(p.name for p in found)}): {fix}set overwrite=true to "
+                         "replace it, or choose another hydra.run.dir\n")
         raise SystemExit(EXIT_USAGE)

@@ -88,13 +88,13 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from foodnet.inference.inputs import check_output, collect_images
 
-    # Inputs and output first: a mistake costs nothing, not a whole run of predictions.
-    if args.out:
-        check_output(args.out)
-    paths = collect_images(args.inputs)
     from foodnet.inference.predictor import open_classifier
 
+    # Output, model and inputs before any prediction: a mistake costs seconds, not the whole run.
+    if args.out:
+        check_output(args.out)
     classifier = open_classifier(args.model, device=args.device)
+    paths = collect_images(args.inputs)
     records = predict_records(classifier, paths, args.topk, args.batch_size)
     failed = sum("error" in r for r in records)
     if args.out:

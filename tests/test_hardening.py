@@ -20,10 +20,9 @@ from conftest import (
     subprocess_env,
     tiny_overrides,
 )
-from omegaconf import OmegaConf
 
-from foodnet.config import EvalSchema, TrainSchema, check_config
 from foodnet.errors import ConfigError, InputError, ManifestError, WeightsError
+from foodnet.schema import EvalSchema, TrainSchema, check_config
 from foodnet.train import train
 
 
@@ -64,7 +63,7 @@ def test_01_11_signal_to_the_process_group_saves_and_resumes_exactly(
     last = run_dir / "checkpoints" / "last.ckpt"
     assert f"{signal.Signals(signum).name}: saved {last}" in stderr, stderr[-3000:]
     assert "Traceback" not in stderr and "DataLoader worker" not in stderr
-    assert f"resume: python -m foodnet.train" in stderr
+    assert "resume: python -m foodnet.train" in stderr
     assert f"hydra.run.dir={run_dir} ckpt_path=last" in stderr
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] >= 5  # written after the signal, in epoch 2 or at its end
@@ -154,9 +153,8 @@ def test_04_a_trainer_typo_is_named(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("size", [1, 0, -5, 32.5])
 def test_04_evaluate_checks_image_size(size):
-    from hydra import compose, initialize_config_dir
-
     from conftest import CONFIG_DIR
+    from hydra import compose, initialize_config_dir
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=[f"data.image_size={size}", "paths.output_dir=x"])
     with pytest.raises(ConfigError, match=r"^data.image_size="):
@@ -245,7 +243,8 @@ def test_06_hidden_files_and_folders_are_skipped(tiny_data, tmp_path):
 
 
 def test_06_export_output_checked_before_loading(tiny_checkpoint, tmp_path):
-    from foodnet.export import EXPORT_FORMATS, main as export_main
+    from foodnet.export import EXPORT_FORMATS
+    from foodnet.export import main as export_main
     from foodnet.inference.export_format import EXPORT_FORMATS as FORMATS
 
     assert EXPORT_FORMATS == FORMATS
@@ -255,10 +254,10 @@ def test_06_export_output_checked_before_loading(tiny_checkpoint, tmp_path):
 
 # 7: evaluate reports every bad line, with hints that work.
 def test_07_evaluate_reports_every_bad_line(tiny_checkpoint, tiny_data, tmp_path):
-    from foodnet.evaluate import evaluate
+    from conftest import CONFIG_DIR
     from hydra import compose, initialize_config_dir
 
-    from conftest import CONFIG_DIR
+    from foodnet.evaluate import evaluate
     lines = absolute_lines(tiny_data["test"])
     bad = tmp_path / "bad.txt"
     bad.write_text("\n".join([*lines[:5]] + [f"{line.split()[0]} 30" for line in lines[5:15]])

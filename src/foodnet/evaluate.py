@@ -12,9 +12,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from foodnet.config import CONFIG_DIR, EvalSchema, check_config
+from foodnet.config import CONFIG_DIR
 from foodnet.errors import ConfigError, ManifestError, exit_on_user_error
 from foodnet.reports.metrics import ACC, ACC_TOP5, F1_MACRO, metric
+from foodnet.schema import EvalSchema, check_config
 
 # torch, Lightning and torchvision are imported in evaluate(), so that `--help` and a config
 # mistake answer in well under a second.

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from foodnet.errors import EXIT_OK, ConfigError, run_cli

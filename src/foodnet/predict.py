@@ -87,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from foodnet.inference.inputs import check_output, collect_images
-
     from foodnet.inference.predictor import open_classifier
 
     # Output, model and inputs before any prediction: a mistake costs seconds, not the whole run.

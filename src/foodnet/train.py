@@ -15,9 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from foodnet.config import CONFIG_DIR, TrainSchema, check_config
+from foodnet.config import CONFIG_DIR
 from foodnet.errors import ConfigError, exit_on_user_error, find_user_error, user_message
 from foodnet.reports.metrics import ACC, ACC_TOP5, F1_MACRO, PER_CLASS_ACC, VAL_ACC_BEST, metric
+from foodnet.schema import TrainSchema, check_config
 
 # torch, Lightning and torchvision are imported where they are used, so that `--help` and a
 # config mistake answer in well under a second.

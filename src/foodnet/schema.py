@@ -1,0 +1,157 @@
+"""The schema of the composed configs (conf/train.yaml, conf/eval.yaml): every key foodnet reads,
+with its type, checked when an entry point receives its config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+from foodnet.errors import ConfigError
+
+# `check_config` merges a composed config into it, so that a wrong type or a key
+# nothing reads (a typo, `+model.lr=0.5`) fails naming the key before anything is built. The
+# defaults stay in the YAML files (one home per default): a field here is only a type.
+# Nodes passed whole to a library (trainer, callbacks, logger, optimizer, schedule) are open
+# dicts; their keys are checked against what they build (foodnet.train).
+
+
+@dataclass
+class DataSchema:
+    _target_: str = MISSING
+    train_manifest: str | None = None
+    val_manifest: str | None = None
+    test_manifest: str | None = None
+    classes: str | None = None
+    num_classes: int | None = None
+    image_size: int | None = None
+    augment: bool = MISSING
+    batch_size: int = MISSING
+    num_workers: Any = MISSING  # auto or an int (checked in check_ranges)
+    on_bad_image: str = MISSING
+    validate: str = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class ModelSchema:
+    arch: str = MISSING
+    num_classes: int = MISSING
+    weights: str | None = None
+    label_smoothing: float = MISSING
+    class_weights: Any = None  # null, balanced or a list of floats
+    optimizer: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SchedulerSchema:
+    interval: str = MISSING
+    schedule: dict[str, Any] | None = None
+
+
+@dataclass
+class PathsSchema:
+    output_dir: str = MISSING
+
+
+@dataclass
+class CommonSchema:
+    task_name: str = MISSING
+    ckpt_path: str | None = None
+    verbose: bool = False
+    overwrite: bool = False
+    data: DataSchema = field(default_factory=DataSchema)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    paths: PathsSchema = field(default_factory=PathsSchema)
+
+
+@dataclass
+class TrainSchema(CommonSchema):
+    seed: int = MISSING
+    channels_last: bool = MISSING
+    cache_features: bool = MISSING
+    cache_views: int = MISSING
+    cache_dir: str = MISSING
+    model: ModelSchema = field(default_factory=ModelSchema)
+    finetune: dict[str, Any] = field(default_factory=dict)  # strategy and its options
+    scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
+    callbacks: dict[str, Any] | None = field(default_factory=dict)
+    logger: dict[str, Any] | None = field(default_factory=dict)
+
+
+@dataclass
+class EvalSchema(CommonSchema):
+    pass
+
+
+# (key, type, test, what it must be): ranges checked once the types are.
+_RANGES = {
+    "data.batch_size": (int, lambda v: v >= 1, "a positive integer"),
+    "data.num_workers": ((int, str), lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
+                         "auto or an integer >= 0"),
+    "data.on_bad_image": (str, lambda v: v in ("error", "skip"), "error or skip"),
+    "data.validate": (str, lambda v: v in ("quick", "full"), "quick or full"),
+    "model.num_classes": (int, lambda v: v >= 1, "a positive integer"),
+    "model.label_smoothing": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.optimizer.lr": (float, lambda v: v > 0, "a positive number (the default is 1e-3)"),
+    "model.optimizer.weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
+    "finetune.strategy": (str, lambda v: True, "freeze, gradual or full"),
+    "trainer.max_epochs": (int, lambda v: v >= 1, "a positive integer"),
+    "cache_views": (int, lambda v: v >= 1, "a positive integer"),
+}
+
+
+def check_config(cfg: DictConfig, schema: type) -> DictConfig:
+    """The composed config, typed by `schema`, or a ConfigError naming the first bad key."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        typed = OmegaConf.merge(OmegaConf.structured(schema), plain)
+        OmegaConf.to_container(typed, throw_on_missing=True)
+    except ConfigKeyError as err:
+        key = err.full_key or err.key
+        raise ConfigError(f"{key}: no such setting, nothing would read it; check the spelling "
+                          f"(python -m foodnet.{_command(schema)} --cfg job lists every key)"
+                          ) from None
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{err.full_key}: missing, set it") from None
+    except ValidationError as err:
+        raise ConfigError(f"{err.full_key}={err.value!r}: expected {_type_name(err)}") from None
+    except OmegaConfBaseException as err:  # e.g. an interpolation that names no key
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"{key}: {err.msg}" if key else str(err)) from None
+    image_size = OmegaConf.select(typed, "data.image_size")
+    train = schema is TrainSchema
+    if (image_size is not None or train) and not (image_size is not None and image_size >= 8):
+        hint = "" if train else ", or null for the checkpoint's size"
+        raise ConfigError(f"data.image_size={image_size}: expected an integer >= 8{hint}")
+    for key, (kind, test, wanted) in _RANGES.items():
+        value = OmegaConf.select(typed, key, default=None)
+        if value is None:
+            continue
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool) or not test(value):
+            raise ConfigError(f"{key}={value!r}: expected {wanted}")
+    result = OmegaConf.create(OmegaConf.to_container(typed))
+    OmegaConf.set_struct(result, True)
+    return result
+
+
+def _command(schema: type) -> str:
+    return "evaluate" if schema is EvalSchema else "train"
+
+
+def _type_name(err: ValidationError) -> str:
+    text = str(err.msg)
+    for name, wanted in (("Integer", "an integer"), ("Float", "a number"),
+                         ("bool", "true or false"), ("Boolean", "true or false")):
+        if name in text:
+            return wanted
+    return text.splitlines()[0]

@@ -135,10 +135,11 @@ def check_config(cfg: DictConfig, schema: type) -> DictConfig:
         value = OmegaConf.select(typed, key, default=None)
         if value is None:
             continue
+        given = value
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool) or not test(value):
-            raise ConfigError(f"{key}={value!r}: expected {wanted}")
+            raise ConfigError(f"{key}={given!r}: expected {wanted}")
     result = OmegaConf.create(OmegaConf.to_container(typed))
     OmegaConf.set_struct(result, True)
     return result

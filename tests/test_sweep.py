@@ -69,8 +69,8 @@ def test_multirun_summarises_every_job_and_survives_a_failing_one(tiny_data, tmp
             assert list((job_dir / "tensorboard").glob("events.out.tfevents.*"))
         else:
             assert row["val/acc_best"] == ""
-            assert row["error"] == "data.batch_size=0 must be positive"
-    assert "error: data.batch_size=0 must be positive" in result.stderr
+            assert row["error"] == "data.batch_size=0: expected a positive integer"
+    assert "error: data.batch_size=0: expected a positive integer" in result.stderr
 
     completed = [row for row in rows if row["status"] == "completed"]
     best = max(completed, key=lambda row: float(row["val/acc_best"]))

@@ -51,7 +51,8 @@ def test_ddp_two_processes_write_once_and_count_every_sample_once(tiny_data, tmp
     odd = odd_manifest(tiny_data["val"], tmp_path / "val_odd.txt")
     run_dir, counts = tmp_path / "run", tmp_path / "counts.jsonl"
     overrides = tiny_overrides(tiny_data, **{
-        "data.val_manifest": odd, "data.test_manifest": odd, "trainer.max_epochs": 1})
+        "data.val_manifest": odd, "data.test_manifest": odd, "trainer.max_epochs": 1,
+        "verbose": "true"})  # Lightning's own lines too: its distributed_backend line below
     env = subprocess_env()
     # The second process re-runs the same command: it must import this file's callback too.
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])

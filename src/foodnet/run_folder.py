@@ -4,6 +4,7 @@ its .hydra/ and log file there."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -36,6 +37,8 @@ class RunFolderGuard(Callback):
     unless the run resumes (train's ckpt_path) or overwrite=true, which clears it first."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+            return  # a DDP process that Lightning started for rank 0's run, in the same folder
         run_dir = Path(str(config.hydra.run.dir))
         found = previous_outputs(run_dir)
         if not found:

@@ -24,7 +24,8 @@ from foodnet.train import train
     ({"model.num_classes": 10, "data.classes": "null"}, ManifestError,
      r"train.txt:\d+: label 10 is out of range for 10 classes"),
     ({"model.optimizer.lr": 0}, ValueError, r"model.optimizer.lr=0: expected a positive number"),
-    ({"model.optimizer.lr": -0.001}, ValueError, r"model.optimizer.lr=-0.001: expected a positive number"),
+    ({"model.optimizer.lr": -0.001}, ValueError,
+     r"model.optimizer.lr=-0.001: expected a positive number"),
     ({"data.batch_size": 0}, ValueError, r"data.batch_size=0: expected a positive integer"),
 ])
 def test_bad_settings_fail_before_training(tiny_data, tmp_path, override, error, message):

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: help install demo train test lint tensorboard bench bench-serve clean
+.PHONY: help install demo train test lint tensorboard mlflow bench bench-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ tensorboard: install  ## serve every run under outputs/ and multirun/ on http://
 	$(VENV)/bin/tensorboard --logdir_spec outputs:outputs,multirun:multirun --host 127.0.0.1 --port 6006 \
 		--samples_per_plugin images=100  # keep a confusion matrix per epoch, not a sample of 10
 
+mlflow: install  ## MLflow UI over outputs/mlflow.db (logger=mlflow) on http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --workers 1 --port 5000
+
 bench: install  ## seed recipe vs foodnet vs cache_features on generated photos (~20 min on 2 CPU cores)
 	$(PY) benchmarks/bench.py $(ARGS)
 
@@ -44,5 +47,5 @@ bench-serve: install  ## foodnet serve under load: 32 clients x 500 requests, dy
 	$(PY) benchmarks/bench_serve.py $(ARGS)
 
 clean:  ## remove generated data, runs and caches (keeps .venv)
-	rm -rf data/demo outputs multirun lightning_logs .pytest_cache .ruff_cache
+	rm -rf data/demo outputs multirun mlruns lightning_logs .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

@@ -22,6 +22,9 @@ from foodnet.logs import console_logging
 from foodnet.reports.metrics import TEST_ACC, VAL_ACC_BEST
 
 COLUMNS = ("job", "status", VAL_ACC_BEST, TEST_ACC, "overrides", "run_dir", "error")
+# A job that ended as it should; any other status makes the sweep exit with 1. (An interrupted
+# Optuna trial was queued again and ran as a later trial, see docs/search.md.)
+ENDED = ("completed", "pruned", "interrupted")
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +32,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class JobResult:
     job: int
-    status: str  # completed | failed | unfinished (no metrics.json: still running, killed, crashed)
+    status: str  # completed | pruned (an Optuna trial stopped early) | interrupted (an Optuna
+    # trial queued again) | failed | unfinished (no metrics.json: still running, killed, crashed)
     best_val_acc: float | None
     test_acc: float | None
     overrides: list[str]
     run_dir: Path
     error: str = ""
+    epochs: int | None = None  # epochs trained, and of how many (a pruned trial stops early)
+    max_epochs: int | None = None
 
 
 def _job_number(job_dir: Path, fallback: int) -> int:
@@ -63,6 +69,7 @@ def read_job(job_dir: Path, fallback_num: int = -1) -> JobResult:
         result.best_val_acc = metrics.get(VAL_ACC_BEST)
         result.test_acc = metrics.get(TEST_ACC)
         result.error = metrics.get("error") or ""
+        result.epochs, result.max_epochs = metrics.get("epochs"), metrics.get("max_epochs")
     return result
 
 
@@ -115,6 +122,12 @@ def write_csv(jobs: list[JobResult], path: Path) -> None:
                              " ".join(j.overrides), str(j.run_dir), j.error])
 
 
+def _status(job: JobResult) -> str:
+    if job.status == "pruned" and job.epochs is not None:
+        return f"pruned after epoch {job.epochs} of {job.max_epochs}"
+    return job.status
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -122,10 +135,13 @@ def _cell(text: str) -> str:
 def render_markdown(jobs: list[JobResult], sweep_dir: Path) -> str:
     varying, common = _varying(jobs)
     best = best_job(jobs)
-    failed = [j for j in jobs if j.status != "completed"]
+    failed = [j for j in jobs if j.status not in ENDED]
+    ended = [f"{n} {status}" for status in ENDED[1:]
+             if (n := sum(j.status == status for j in jobs))]
     lines = [f"# Sweep summary: {sweep_dir}", ""]
-    lines.append(f"{len(jobs)} jobs: {len(jobs) - len(failed)} completed, {len(failed)} failed "
-                 "or unfinished.")
+    lines.append(f"{len(jobs)} jobs: {sum(j.status == 'completed' for j in jobs)} completed, "
+                 + "".join(f"{part}, " for part in ended)
+                 + f"{len(failed)} failed or unfinished.")
     if best is not None:
         lines.append(f"**Best: job {best.job}**, {VAL_ACC_BEST} {best.best_val_acc:.4f}, "
                      f"`{_swept(best, varying)}`, run dir `{best.run_dir}`.")
@@ -136,7 +152,7 @@ def render_markdown(jobs: list[JobResult], sweep_dir: Path) -> str:
               "|" + " --- |" * (5 + len(varying))]
     for j in jobs:
         chosen = dict(o.partition("=")[::2] for o in j.overrides)
-        row = [str(j.job), j.status + (" (best)" if j is best else ""), _fmt(j.best_val_acc),
+        row = [str(j.job), _status(j) + (" (best)" if j is best else ""), _fmt(j.best_val_acc),
                _fmt(j.test_acc), *[chosen.get(k, "") for k in varying], f"`{j.run_dir}`"]
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     if failed:
@@ -152,7 +168,7 @@ def summarize(sweep_dir: str | Path) -> list[JobResult]:
     write_csv(jobs, sweep_dir / "summary.csv")
     (sweep_dir / "summary.md").write_text(render_markdown(jobs, sweep_dir), encoding="utf-8")
     best = best_job(jobs)
-    failed = [j for j in jobs if j.status != "completed"]
+    failed = [j for j in jobs if j.status not in ENDED]
     log.info("sweep summary: %s (%d jobs, %d failed or unfinished)", sweep_dir / "summary.md",
              len(jobs), len(failed))
     for j in failed:
@@ -166,7 +182,8 @@ def summarize(sweep_dir: str | Path) -> list[JobResult]:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: summarise the sweep when it ends; exit 1 when any job failed."""
+    """Hydra callback: summarise the sweep when it ends; exit 1 when any job failed or did not
+    finish (a pruned Optuna trial ended as it should)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Resolved now: ${now:...} is cached from here on, so the end sees the same folder.
@@ -178,7 +195,7 @@ class SweepSummary(Callback):
             log.warning("sweep summary: %s does not exist, no job ran", sweep_dir)
             return
         jobs = summarize(sweep_dir)
-        if any(j.status != "completed" for j in jobs):
+        if any(j.status not in ENDED for j in jobs):
             # The summary is written; the exit status still tells scripts that something failed.
             raise SystemExit(1)
 

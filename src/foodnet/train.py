@@ -171,9 +171,12 @@ def train(cfg: DictConfig) -> dict:
 
 def _train(cfg: DictConfig) -> dict:
     import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
 
+    from foodnet.training.callbacks.pruning import OptunaPruning
     from foodnet.training.preflight import check_settings
     from foodnet.training.resume import check_resume, resolve_ckpt_path
+    from foodnet.training.tracking import log_outcome, log_params, mlflow_loggers
     from foodnet.training.trainer import expected_warnings
 
     run_dir = Path(cfg.paths.output_dir)
@@ -193,13 +196,17 @@ def _train(cfg: DictConfig) -> dict:
     # reported at once, before the first epoch.
     datamodule.setup()
     use_backbone_features(cfg, datamodule, module, trainer)
+    log_params(trainer.loggers, OmegaConf.to_container(cfg, resolve=True))
     with expected_warnings():
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
+    # An Optuna trial that its pruner stopped: a normal end, but no test (docs/search.md).
+    pruned = any(isinstance(c, OptunaPruning) and c.pruned_epoch is not None
+                 for c in trainer.callbacks)
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
     test_metrics = {metric("test", ACC): None}
-    if cfg.data.get("test_manifest"):
+    if cfg.data.get("test_manifest") and not pruned:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None,
                                weights_only=True, verbose=False)
         test_metrics = {name: float(results[0][name])
@@ -207,10 +214,11 @@ def _train(cfg: DictConfig) -> dict:
         test_metrics[metric("test", PER_CLASS_ACC)] = module.test_per_class_acc
     best_score = checkpoint.best_model_score if checkpoint else None
     metrics = {
-        "status": "completed",
+        "status": "pruned" if pruned else "completed",
         VAL_ACC_BEST: float(best_score) if best_score is not None else None,
         **test_metrics,
         "epochs": trainer.current_epoch,
+        "max_epochs": trainer.max_epochs,
         "run_dir": str(run_dir),
         "best_checkpoint": best_path or None,
         "last_checkpoint": str(Path(checkpoint.dirpath) / "last.ckpt") if checkpoint else None,
@@ -221,9 +229,16 @@ def _train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        log_outcome(trainer.loggers, metrics["status"],
+                    {"": run_dir / "metrics.json", "checkpoints": best_path or None})
         log.info("%s", json.dumps(metrics, indent=2))
-        log.info("checkpoints: %s\nTensorBoard logs: %s (make tensorboard, then open "
-                 "http://127.0.0.1:6006)", run_dir / "checkpoints", run_dir / "tensorboard")
+        log.info("checkpoints: %s", run_dir / "checkpoints")
+        if any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+            log.info("TensorBoard logs: %s (make tensorboard, then open http://127.0.0.1:6006)",
+                     run_dir / "tensorboard")
+        for logger in mlflow_loggers(trainer.loggers):
+            log.info("MLflow run %s in %s (make mlflow, then open http://127.0.0.1:5000)",
+                     logger.run_id, logger.experiment.tracking_uri)
     return metrics
 
 

@@ -63,10 +63,11 @@ class FoodClassifier(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.class_names = list(class_names) if class_names else None
         # Plain values only, so checkpoints load with weights_only=True; they are what
-        # evaluate/predict/export need to rebuild the network and its preprocessing.
+        # evaluate/predict/export need to rebuild the network and its preprocessing. Not sent to
+        # the loggers: a run's params there are its composed config (foodnet.tracking).
         self.save_hyperparameters({"arch": net.arch, "num_classes": net.num_classes,
                                    "class_names": self.class_names, "image_size": image_size,
-                                   "mean": list(mean), "std": list(std)})
+                                   "mean": list(mean), "std": list(std)}, logger=False)
         num_classes = net.num_classes
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")

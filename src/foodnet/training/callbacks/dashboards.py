@@ -1,5 +1,6 @@
 """TensorBoard dashboards: speed scalars, an augmented-sample grid, a confusion matrix per
-validation epoch, and the run's hyperparameters in the HPARAMS tab.
+validation epoch (the best epoch's also to MLflow), and the run's hyperparameters in the HPARAMS
+tab.
 
 The figures are drawn on plain matplotlib Figures and rendered with the Agg canvas, never through
 pyplot, so logging them neither needs a display nor changes the backend of a notebook that trains
@@ -17,10 +18,12 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from foodnet.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from foodnet.reports.figures import confusion_matrix_figure, figure_to_array, image_grid_figure
+from foodnet.training.tracking import mlflow_loggers
 
 
 def tensorboard_loggers(trainer: L.Trainer) -> list[TensorBoardLogger]:
@@ -100,7 +103,9 @@ class AugmentedSamples(L.Callback):
 
 
 class ConfusionMatrixImage(L.Callback):
-    """Log the validation confusion matrix, class names on both axes, after every validation epoch.
+    """Log the validation confusion matrix, class names on both axes, after every validation epoch
+    to TensorBoard; to MLflow, once the fit ends, the figure of the epoch with the best val/acc
+    (the best checkpoint's) as the artifact `{tag}.png`.
 
     Reads the logits that FoodClassifier.validation_step returns, so nothing is computed twice.
     """
@@ -108,6 +113,7 @@ class ConfusionMatrixImage(L.Callback):
     def __init__(self, tag: str = "val/confusion_matrix"):
         self.tag = tag
         self.matrix: MulticlassConfusionMatrix | None = None
+        self.best: tuple[float, Figure] | None = None  # (val accuracy, figure) of the best epoch
 
     def on_validation_epoch_start(self, trainer, pl_module):
         if self.matrix is None:
@@ -128,15 +134,28 @@ class ConfusionMatrixImage(L.Callback):
             return
         matrix = self.matrix.compute()  # on every rank: torchmetrics syncs across processes
         loggers = tensorboard_loggers(trainer)
-        if not trainer.is_global_zero or not loggers:
-            return
         accuracy = float(matrix.diag().sum() / matrix.sum().clamp(min=1))
+        # Strictly better, as ModelCheckpoint(mode="max") decides which epoch is the best.
+        improved = self.best is None or accuracy > self.best[0]
+        keep = improved and bool(mlflow_loggers(trainer.loggers))
+        if not trainer.is_global_zero or not (loggers or keep):
+            return
         names = _class_names(pl_module, matrix.shape[0])
         figure = confusion_matrix_figure(
             matrix, names, f"validation, epoch {trainer.current_epoch + 1} (acc {accuracy:.3f})")
-        array = figure_to_array(figure)
-        for logger in loggers:
-            logger.experiment.add_image(self.tag, array, logged_step(trainer), dataformats="HWC")
+        if keep:
+            self.best = (accuracy, figure)
+        if loggers:
+            array = figure_to_array(figure)
+            for logger in loggers:
+                logger.experiment.add_image(self.tag, array, logged_step(trainer),
+                                            dataformats="HWC")
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.best is None or not trainer.is_global_zero:
+            return
+        for logger in mlflow_loggers(trainer.loggers):
+            logger.experiment.log_figure(logger.run_id, self.best[1], f"{self.tag}.png")
 
 
 class HyperparamsLogger(L.Callback):

@@ -44,6 +44,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from foodnet.errors import ConfigError, exit_on_user_error
+
 log = logging.getLogger(__name__)
 
 # A failed trial's error, set by this sweeper. Failed trials without it (interrupted, stale, or
@@ -144,9 +146,6 @@ class OptunaSweeper(Sweeper):
         self.n_jobs = n_jobs
         self.heartbeat_interval = heartbeat_interval
         self.params = OmegaConf.to_container(params) if params else {}
-        if n_trials < 1 or n_jobs < 1:
-            raise ValueError(f"hydra.sweeper.n_trials={n_trials} and hydra.sweeper.n_jobs="
-                             f"{n_jobs} must both be at least 1")
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -162,8 +161,11 @@ class OptunaSweeper(Sweeper):
 
         url = self.storage_url
         if not url:
-            raise ValueError("hydra.sweeper.storage is null: an Optuna search needs a database "
-                             "that its trials report to, e.g. sqlite:///optuna.db")
+            raise ConfigError("hydra.sweeper.storage is null: an Optuna search needs a database "
+                              "that its trials report to, e.g. sqlite:///optuna.db")
+        if self.n_trials < 1 or self.n_jobs < 1:
+            raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials} and hydra.sweeper.n_jobs="
+                              f"{self.n_jobs} must both be at least 1")
         engine_kwargs: dict[str, Any] = {}
         if url.startswith(SQLITE_PREFIX):
             Path(url[len(SQLITE_PREFIX):]).parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +228,7 @@ class OptunaSweeper(Sweeper):
         if error:
             trial.set_user_attr(ERROR_ATTR, error)
             study.tell(trial, state=TrialState.FAIL)
-            log.warning(f"trial {trial.number} failed: {error}")
+            log.warning("trial %d failed: %s", trial.number, error)
         else:
             study.tell(trial, value)
 
@@ -266,11 +268,15 @@ class OptunaSweeper(Sweeper):
     # --- the sweep -------------------------------------------------------------------------
 
     def sweep(self, arguments: list[str]) -> None:
-        space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + arguments)
-        study = self.open_study()
+        with exit_on_user_error():  # `error: ...` and exit code 2, as from every foodnet command
+            space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + arguments)
+            study = self.open_study()
+        self.run(study, space, fixed)
+
+    def run(self, study, space: dict[str, Any], fixed: list[str]) -> None:
         done = self.started(study)
-        log.info(f"Optuna study {self.study_name} in {self.storage_url}: {done} of "
-                 f"{self.n_trials} trials started before this worker")
+        log.info("Optuna study %s in %s: %d of %d trials started before this worker",
+                 self.study_name, self.storage_url, done, self.n_trials)
         while trials := self.ask(study, space, self.n_jobs):
             # Beat for all of them: the later batches' trials wait while the first one runs.
             with self.heartbeat.beating(trials):
@@ -296,14 +302,13 @@ class OptunaSweeper(Sweeper):
         counts = {state.name.lower(): sum(1 for t in trials if t.state == state and _counted(t))
                   for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
                                 TrialState.RUNNING, TrialState.WAITING)}
-        log.info(f"Optuna study {self.study_name}: "
-                 + ", ".join(f"{n} {state}" for state, n in counts.items() if n)
-                 + f" (n_trials {self.n_trials})")
+        log.info("Optuna study %s: %s (n_trials %d)", self.study_name,
+                 ", ".join(f"{n} {state}" for state, n in counts.items() if n), self.n_trials)
         if not counts["complete"]:
             log.info("no completed trial: no best parameters")
             return
         best = study.best_trial
-        log.info(f"best trial {best.number}: value {best.value:.4f} {best.params}")
+        log.info("best trial %d: value %.4f %s", best.number, best.value, best.params)
         results = {"name": "optuna", "study_name": self.study_name, "best_trial": best.number,
                    "best_params": best.params, "best_value": best.value, "trials": counts}
         sweep_dir = Path(str(self.config.hydra.sweep.dir))

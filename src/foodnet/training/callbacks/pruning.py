@@ -6,6 +6,8 @@ import logging
 
 import lightning as L
 
+from foodnet.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -47,8 +49,8 @@ class OptunaPruning(L.Callback):
         # Read on every rank: reading callback_metrics syncs them across DDP processes.
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
-            raise KeyError(f"OptunaPruning: {self.monitor} was not logged in validation; "
-                           f"logged: {sorted(trainer.callback_metrics)}")
+            raise ConfigError(f"callbacks.optuna_pruning.monitor={self.monitor} is not logged in "
+                              f"validation; choose one of {sorted(trainer.callback_metrics)}")
         prune = False
         if trainer.is_global_zero:
             trial = self._optuna_trial()
@@ -62,5 +64,5 @@ class OptunaPruning(L.Callback):
             self.pruned_epoch = trainer.current_epoch
             trainer.should_stop = True
             if trainer.is_global_zero:
-                log.info(f"optuna trial {self.trial_number} pruned after epoch "
-                         f"{trainer.current_epoch + 1}: {self.monitor} {float(value):.4f}")
+                log.info("optuna trial %d pruned after epoch %d: %s %.4f", self.trial_number,
+                         trainer.current_epoch + 1, self.monitor, float(value))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -73,9 +75,10 @@ def test_multirun_jobs_are_mlflow_runs_of_one_experiment(tiny_data, tmp_path):
     with socket.socket() as probe:  # a free port, not the 5000 a developer may be using
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # Its own process group: `mlflow ui` runs the web server as a child process.
     server = subprocess.Popen([sys.executable, "-m", "mlflow", *recipe[1:-1], str(port)],
                               cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = (f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?"
                f"run_id={by_dir[str(sweep_dir / '0')].info.run_id}")
@@ -90,8 +93,12 @@ def test_multirun_jobs_are_mlflow_runs_of_one_experiment(tiny_data, tmp_path):
         else:
             pytest.fail("mlflow ui did not answer within 2 minutes")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
     assert served["info"]["run_id"] == by_dir[str(sweep_dir / "0")].info.run_id
 
 

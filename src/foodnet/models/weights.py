@@ -159,18 +159,18 @@ def timm_download_help(name: str, net: nn.Module) -> str:
 
 
 def timm_pretrained_name(name: str, weights: str) -> str:
-    """model.weights=DEFAULT keeps the name's own tag (timm's default); another value is a tag."""
+    """The timm name to load: model.weights=DEFAULT keeps the name's own tag (or timm's default
+    tag); another value names a pretrained tag of that architecture."""
     import timm
 
-    if weights == DEFAULT:
-        return name
     base = name.split(".")[0]
-    tagged = f"{base}.{weights}"
-    tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{base}.*")]
-    if weights not in tags:
-        raise WeightsError(f"model.weights={weights} is not a pretrained tag of timm/{base}; "
-                           f"choose {DEFAULT}, one of {', '.join(tags) or '(none)'}, a file path, "
-                           "or null")
+    tagged = name if weights == DEFAULT else f"{base}.{weights}"
+    if not timm.is_model_pretrained(tagged):
+        tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{base}.*")]
+        asked = f"timm/{name}" if weights == DEFAULT else f"model.weights={weights}"
+        choices = f"model.weights= one of its tags ({', '.join(tags)}), " if tags else ""
+        raise WeightsError(f"{asked}: timm has no such pretrained weights for {base}; choose "
+                           f"{choices}a weights file path, or null (random init)")
     return tagged
 
 

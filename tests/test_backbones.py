@@ -174,6 +174,25 @@ def test_timm_offline_download_says_the_way_out(tiny_data, tmp_path):
     assert "model.weights=/path/to/model.safetensors" in message
     assert "model.weights=null" in message
 
+    # Following the advice works: the repository's folder in the HF cache loads offline.
+    from safetensors.torch import save_file
+    from timm import create_model
+
+    reference = create_model("test_resnet.r160_in1k")
+    repo = tmp_path / "hf" / "hub" / "models--timm--test_resnet.r160_in1k"
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(reference.state_dict(), repo / "snapshots" / ("0" * 40) / "model.safetensors")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    expected = tmp_path / "expected.pt"
+    torch.save(reference.conv1[0].weight, expected)
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import torch; from foodnet.models.backbones import "
+         "create_backbone as c; b = c('timm/test_resnet.r160_in1k', 'DEFAULT'); "
+         f"print(torch.equal(b.net.conv1[0].weight, torch.load({str(expected)!r})))"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert loaded.stdout.strip() == "True", loaded.stderr[-3000:]
+
 
 def test_gradual_knows_each_family_or_names_the_ones_it_knows():
     lite0 = create_backbone("efficientnet_lite0", None).net

@@ -270,7 +270,8 @@ def test_setup_skip_policy_drops_unreadable_files(tmp_path):
 
 def test_full_validation_decodes_at_setup(tmp_path):
     manifest = broken_dataset(tmp_path)
-    quick = FoodDataModule(manifest, manifest, num_classes=NUM_CLASSES, num_workers=0)
+    quick = FoodDataModule(manifest, manifest, num_classes=NUM_CLASSES, num_workers=0,
+                           preprocessing=seed_preprocessing(16))
     quick.setup("fit")  # the file exists and is not empty: quick lets it through
     # The datasets themselves raise, naming the line, for anyone who iterates them directly.
     with pytest.raises(ImageLoadError, match=rf"^{manifest}:2: truncated"):

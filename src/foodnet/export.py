@@ -2,8 +2,9 @@
 
 Writes FILE (the network followed by softmax: the output is class probabilities) and FILE.json,
 the preprocessing it expects (the checkpoint's record: input size, resize and crop, mean, std,
-interpolation), its class names, its input/output names and the checkpoint's model card. Formats: `onnx` (PyTorch's dynamo exporter, for onnxruntime and
-other runtimes) and `pt2` (a torch.export program, for PyTorch deployments).
+interpolation), its class names, its input/output names and the checkpoint's model card.
+Formats: `onnx` (PyTorch's dynamo exporter, for onnxruntime and other runtimes) and `pt2` (a
+torch.export program, for PyTorch deployments).
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from foodnet.data.preprocessing import Preprocessing
-
     from foodnet.models.transfer import TransferNet
 
 EXPORT_FORMATS = ("onnx", "pt2")  # as in foodnet.inference.export_format (a test checks)

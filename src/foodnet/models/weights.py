@@ -4,6 +4,7 @@ that fails offline becomes a message that says the way out."""
 
 from __future__ import annotations
 
+import logging
 import re
 import urllib.error
 from pathlib import Path
@@ -15,6 +16,7 @@ from torchvision import models
 from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError, WeightsError
 
+log = logging.getLogger(__name__)
 DEFAULT = "DEFAULT"
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
@@ -52,12 +54,49 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_strict(net: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str) -> None:
-    """Every key present and matching: weights that half load would train on noise silently."""
+FOODNET_BACKBONE = "net.backbone."  # the backbone's keys in a foodnet checkpoint's state_dict
+
+
+def load_weights_file(net: nn.Module, state: dict[str, torch.Tensor], path: Path, arch: str,
+                      head: tuple[str, ...] = ()) -> None:
+    """Load `state` (read from `path`) into `net`, every key present and fitting: weights that
+    half load would train on noise silently.
+
+    `state` is the architecture's own (the whole classifier or the backbone alone), or a foodnet
+    checkpoint's, whose backbone is loaded (a new head is trained on it). `head` names the
+    modules of `net` that a foodnet checkpoint's backbone does not hold (a torchvision
+    classifier's own head, replaced later).
+    """
+    backbone = {k.removeprefix(FOODNET_BACKBONE): v for k, v in state.items()
+                if k.startswith(FOODNET_BACKBONE)}
+    from_checkpoint = bool(backbone)
     try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise WeightsError(f"{path}: weights do not fit {arch} ({str(err)[:600]})") from err
+        missing, unexpected = net.load_state_dict(backbone or state, strict=False)
+    except RuntimeError as err:  # a shape that does not fit
+        raise WeightsError(f"{path}: weights do not fit {arch} ({_first_lines(err)})") from None
+    if from_checkpoint:
+        missing = [k for k in missing if not k.startswith(tuple(h + "." for h in head))]
+    if missing or unexpected:
+        what = "a foodnet checkpoint whose backbone" if from_checkpoint else "weights that"
+        raise WeightsError(
+            f"{path}: {what} does not fit {arch} ({len(missing)} missing keys"
+            f"{_examples(missing)}, {len(unexpected)} unexpected{_examples(unexpected)}); "
+            "set model.arch to the weights' architecture")
+    if from_checkpoint:
+        log.info("model.weights=%s: a foodnet checkpoint; its backbone is loaded under a new "
+                 "head (to continue that run instead, use ckpt_path=)", path)
+
+
+def _examples(keys: list[str]) -> str:
+    return f", e.g. {', '.join(keys[:2])}" if keys else ""
+
+
+def _first_lines(err: Exception, limit: int = 3) -> str:
+    """torch's load_state_dict error lists every key (kilobytes): the first few lines."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = " ".join(lines[:limit])
+    text = text if len(text) <= 400 else text[:400] + " ..."
+    return text + (f" ... ({len(lines) - limit} more lines)" if len(lines) > limit else "")
 
 
 # --- torchvision --------------------------------------------------------------------------------
@@ -84,7 +123,7 @@ def resolve_torchvision(arch: str, weights: str | None):
                            f"choose one of {choices}, a .pth file path, or null") from None
 
 
-def torchvision_download_help(weights) -> str:
+def download_help(weights) -> str:
     filename = Path(weights.url).name
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     return (f"could not download {weights} from {weights.url}. Ways out: place {filename} in "
@@ -103,12 +142,14 @@ def load_torchvision(arch: str, weights: str | None):
     if isinstance(resolved, Path) or resolved is None:
         net = models.get_model(arch, weights=None)
         if resolved is not None:
-            load_strict(net, load_state_dict(resolved), resolved, arch)
+            head = tuple(name for name in ("fc", "classifier", "heads", "head")
+                         if hasattr(net, name))
+            load_weights_file(net, load_state_dict(resolved), resolved, arch, head)
         return net, default
     try:
         return models.get_model(arch, weights=resolved), resolved
     except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
-        raise WeightsError(torchvision_download_help(resolved)) from err
+        raise WeightsError(download_help(resolved)) from err
 
 
 def torchvision_preprocessing(weights) -> Preprocessing:
@@ -154,8 +195,9 @@ def timm_download_help(name: str, net: nn.Module) -> str:
         where = (f" from {url}. Ways out: place {Path(url).name} in {cache}/, or pass "
                  f"model.weights=/path/to/{Path(url).name}")
     return (f"could not download the timm weights of {name}{where}, or pass model.weights=null "
-            "to start from random initialisation. Offline, HF_HUB_OFFLINE=1 makes timm fail at "
-            "once instead of retrying for a minute")
+            "finetune=full to train the whole network from random initialisation (with the "
+            "default finetune=freeze a random backbone stays random and only the head learns). "
+            "Offline, HF_HUB_OFFLINE=1 makes timm fail at once instead of retrying for a minute")
 
 
 def timm_pretrained_name(name: str, weights: str) -> str:
@@ -188,7 +230,7 @@ def load_timm(name: str, weights: str | None) -> nn.Module:
             heads = (head,) if isinstance(head, str) else tuple(head)
             state = {k: v for k, v in state.items()
                      if not any(k.startswith(h + ".") for h in heads if h)}
-            load_strict(net, state, path, f"timm/{name}")
+            load_weights_file(net, state, path, f"timm/{name}")
         return net
     tagged = timm_pretrained_name(name, str(weights))
     try:
@@ -265,5 +307,5 @@ def load_lite0(timm_name: str, weights: str | None) -> nn.Module:
     path = resolve_lite0(weights)
     # The file holds the ImageNet classifier too; the backbone ends before it.
     state = {k: v for k, v in lite0_state_dict(path).items() if not k.startswith("classifier.")}
-    load_strict(net, state, path, "efficientnet_lite0")
+    load_weights_file(net, state, path, "efficientnet_lite0")
     return net

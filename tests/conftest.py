@@ -47,11 +47,23 @@ def compose_train(overrides: list[str] | None = None, run_dir: Path | None = Non
     return cfg
 
 
+def seed_preprocessing(size: int = 32):
+    """The seed's preprocessing at `size`: torchvision's ImageNet weights' mean, std and
+    interpolation, a square resize without crop (what conf/model/resnet152.yaml sets)."""
+    from torchvision import models
+
+    from foodnet.models.weights import torchvision_preprocessing
+
+    return torchvision_preprocessing(models.ResNet18_Weights.DEFAULT).override(
+        image_size=size, crop_mode="squash")
+
+
 def tiny_overrides(data: dict[str, Path], **extra) -> list[str]:
     """Overrides that shrink a run to seconds on CPU: resnet18, random init, 32px, 1 epoch."""
     overrides = {
         "data.train_manifest": data["train"], "data.val_manifest": data["val"],
-        "data.classes": data["classes"], "data.image_size": 32, "data.batch_size": 16,
+        "data.classes": data["classes"], "model.preprocessing.image_size": 32,
+        "data.batch_size": 16,
         "data.num_workers": 0, "model.arch": "resnet18", "model.weights": "null",
         "trainer.max_epochs": 1, "trainer.accelerator": "cpu",
         "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false",
@@ -86,10 +98,12 @@ def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
     L.seed_everything(0)
     out = tmp_path_factory.mktemp("tiny_checkpoint")
     datamodule = FoodDataModule(tiny_data["train"], tiny_data["val"], classes=tiny_data["classes"],
-                                image_size=32, augment=False, batch_size=16, num_workers=0)
+                                preprocessing=seed_preprocessing(32), augment=False,
+                                batch_size=16, num_workers=0)
     net = create_model("resnet18", num_classes=20, weights=None, freeze=True)
     module = FoodClassifier(net, optimizer=partial(torch.optim.Adam, lr=0.05),
-                            class_names=datamodule.class_names, image_size=32)
+                            class_names=datamodule.class_names,
+                            preprocessing=datamodule.preprocessing)
     trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
                         limit_val_batches=0, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=out)
@@ -103,11 +117,10 @@ def checkpoint_probs(checkpoint: Path, images: list[Path], image_size: int | Non
     import torch
 
     from foodnet.data.images import load_rgb
-    from foodnet.data.preprocessing import eval_transform
     from foodnet.models.checkpoint import load_model
 
     net, info = load_model(checkpoint)
-    transform = eval_transform(image_size or info.image_size, info.mean, info.std)
+    transform = info.preprocessing.override(image_size=image_size).eval_transform()
     with torch.no_grad():
         return net(torch.stack([transform(load_rgb(p)) for p in images])).softmax(dim=1)
 

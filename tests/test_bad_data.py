@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train, tiny_overrides
+from conftest import compose_train, seed_preprocessing, tiny_overrides
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -17,7 +17,6 @@ from foodnet.data import FoodDataModule, ManifestDataset
 from foodnet.data.check import check_manifest
 from foodnet.data.dataset import SkippingLoader
 from foodnet.data.manifest import read_manifest
-from foodnet.data.preprocessing import eval_transform
 from foodnet.errors import ImageLoadError, ManifestError
 
 NUM_CLASSES = 3
@@ -165,7 +164,7 @@ def test_matrix(tmp_path, monkeypatch, case, make, expected, fragment, line, siz
         assert report.problems == []
         (sample,) = report.samples
         assert report.sizes[sample.path] == size
-        image, label = ManifestDataset(report.samples, eval_transform(16))[0]
+        image, label = ManifestDataset(report.samples, seed_preprocessing(16).eval_transform())[0]
         assert image.shape == (3, 16, 16) and image.dtype == torch.float32 and label == 1
         return
     problems = errors if expected == "error" else found
@@ -206,7 +205,7 @@ def broken_dataset(tmp_path, good=3, bad_at=(1,)):
 
 def test_worker_error_reraises_with_the_path(tmp_path):
     manifest = broken_dataset(tmp_path)
-    dataset = ManifestDataset(read_manifest(manifest), eval_transform(16))
+    dataset = ManifestDataset(read_manifest(manifest), seed_preprocessing(16).eval_transform())
     iterator = iter(DataLoader(dataset, batch_size=4, num_workers=1))
     with pytest.raises(ImageLoadError) as err:
         next(iterator)
@@ -222,7 +221,7 @@ def test_worker_error_reraises_with_the_path(tmp_path):
 def test_skipping_loader_policies(tmp_path, num_workers):
     # img1 and img2 share the second batch of two: an all-bad batch is never yielded.
     manifest = broken_dataset(tmp_path, good=3, bad_at=(2, 3))
-    dataset = ManifestDataset(read_manifest(manifest), eval_transform(16))
+    dataset = ManifestDataset(read_manifest(manifest), seed_preprocessing(16).eval_transform())
     skipped = {}
     loader = SkippingLoader(dataset, on_bad_image="skip", skipped=skipped, batch_size=2,
                             num_workers=num_workers)
@@ -261,7 +260,8 @@ def test_setup_skip_policy_drops_unreadable_files(tmp_path):
     manifest = broken_dataset(tmp_path, good=3, bad_at=())
     with manifest.open("a") as f:
         f.write("missing.jpg 0\n")
-    dm = FoodDataModule(manifest, manifest, num_classes=NUM_CLASSES, image_size=16,
+    dm = FoodDataModule(manifest, manifest, num_classes=NUM_CLASSES,
+                        preprocessing=seed_preprocessing(16),
                         num_workers=0, on_bad_image="skip")
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 3
@@ -270,7 +270,8 @@ def test_setup_skip_policy_drops_unreadable_files(tmp_path):
 
 def test_full_validation_decodes_at_setup(tmp_path):
     manifest = broken_dataset(tmp_path)
-    quick = FoodDataModule(manifest, manifest, num_classes=NUM_CLASSES, num_workers=0)
+    quick = FoodDataModule(manifest, manifest, num_classes=NUM_CLASSES, num_workers=0,
+                           preprocessing=seed_preprocessing(16))
     quick.setup("fit")  # the file exists and is not empty: quick lets it through
     # The datasets themselves raise, naming the line, for anyone who iterates them directly.
     with pytest.raises(ImageLoadError, match=rf"^{manifest}:2: truncated"):

@@ -1,6 +1,7 @@
 
 import pytest
 import torch
+from conftest import seed_preprocessing
 
 from foodnet.errors import CheckpointError
 from foodnet.models.checkpoint import load_model, read_checkpoint
@@ -15,7 +16,8 @@ def checkpoint(tmp_path):
     from torch.utils.data import DataLoader, TensorDataset
 
     net = create_model("resnet18", num_classes=3, weights=None)
-    module = FoodClassifier(net, class_names=["a", "b", "c"], image_size=32)
+    module = FoodClassifier(net, class_names=["a", "b", "c"],
+                            preprocessing=seed_preprocessing(32))
     data = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 0] * 2)),
                       batch_size=4)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -30,7 +32,8 @@ def test_load_model_restores_weights_and_metadata(checkpoint):
     path, module = checkpoint
     net, info = load_model(path)
     assert info.arch == "resnet18" and info.class_names == ["a", "b", "c"]
-    assert info.image_size == 32 and info.mean == [0.485, 0.456, 0.406]
+    assert info.preprocessing == seed_preprocessing(32)
+    assert info.preprocessing.mean == (0.485, 0.456, 0.406)
     x = torch.randn(2, 3, 32, 32)
     module.eval()
     assert torch.allclose(net(x), module(x))

@@ -86,3 +86,48 @@ def test_ddp_two_processes_write_once_and_count_every_sample_once(tiny_data, tmp
     validated = trainer.validate(module, datamodule=datamodule,
                                  ckpt_path=metrics["best_checkpoint"], weights_only=True)
     assert validated[0]["val/acc"] == metrics["val/acc_best"]
+
+
+class BackboneDigest(L.Callback):
+    """Each rank writes a digest of its backbone's parameters at the start and end of fitting."""
+
+    def __init__(self, out: str):
+        self.out = Path(out)
+
+    def _digest(self, pl_module) -> str:
+        import hashlib
+
+        hasher = hashlib.sha256()
+        for tensor in pl_module.net.backbone.parameters():
+            hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return hasher.hexdigest()
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = self._digest(pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
+                  "start": self.start, "end": self._digest(pl_module)}
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def test_gradual_under_ddp_keeps_every_process_in_sync(tiny_data, tmp_path):
+    """Parts unfrozen after DDP wrapped the model are outside its gradient reducer (Lightning
+    #20340): without foodnet's averaging each process would train its copy on its own shard."""
+    overrides = tiny_overrides(tiny_data, **{
+        "model.arch": "timm/test_efficientnet.r160_in1k", "finetune": "gradual",
+        "finetune.unfreeze_last_at": 0, "finetune.unfreeze_all_at": 1, "trainer.max_epochs": 2})
+    env = subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
+    result = subprocess.run(
+        [sys.executable, "-m", "foodnet.train", "trainer=ddp", *overrides,
+         f"+callbacks.digest._target_={__name__}.BackboneDigest",
+         f"+callbacks.digest.out={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in records] == [2, 2]
+    assert records[0]["start"] == records[1]["start"]  # the same seeded init
+    assert records[0]["end"] != records[0]["start"], "the unfrozen backbone trained"
+    assert records[0]["end"] == records[1]["end"], "the processes' backbones diverged"

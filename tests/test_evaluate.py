@@ -50,7 +50,9 @@ def test_evaluate_report_matches_a_hand_count(tiny_data, tiny_checkpoint, tmp_pa
     hits = [p == y for p, y in zip(preds, labels, strict=True)]
     assert 0 < sum(hits) < len(hits), "a hand count means little if all are right or all wrong"
 
-    assert report["image_size"] == 32  # the checkpoint's, since data.image_size was not set
+    # The checkpoint's record, since model.preprocessing overrides nothing.
+    assert report["preprocessing"] == load_model(tiny_checkpoint)[1].preprocessing.to_dict()
+    assert report["preprocessing"]["image_size"] == 32
     assert report["counts"]["images"] == len(samples) == 40
     assert report["counts"]["correct"] == sum(hits)
     assert report["test/acc"] == pytest.approx(sum(hits) / len(hits))
@@ -81,13 +83,15 @@ def test_evaluate_report_matches_a_hand_count(tiny_data, tiny_checkpoint, tmp_pa
 
 def test_explicit_image_size_overrides_the_checkpoints(tiny_data, tiny_checkpoint, tmp_path):
     cfg = compose_eval(quiet(ckpt_path=tiny_checkpoint, **{"data.test_manifest": tiny_data["test"],
-                                                           "data.image_size": 48}), tmp_path)
+                                                           "model.preprocessing.image_size": 48}),
+                       tmp_path)
     report = evaluate(cfg)
     samples = read_manifest(tiny_data["test"])
     probs = checkpoint_probs(tiny_checkpoint, [s.path for s in samples], image_size=48)
     hits = (probs.argmax(dim=1) == probs.new_tensor([s.label for s in samples])).sum()
-    assert report["image_size"] == 48 and report["counts"]["correct"] == int(hits)
-    assert json.loads((tmp_path / "report.json").read_text())["image_size"] == 48
+    assert report["preprocessing"]["image_size"] == 48
+    assert report["counts"]["correct"] == int(hits)
+    assert json.loads((tmp_path / "report.json").read_text())["preprocessing"]["image_size"] == 48
 
 
 def test_missing_inputs_name_the_fix(tiny_data, tmp_path):

@@ -32,8 +32,8 @@ def test_onnx_export_records_its_preprocessing(tiny_checkpoint, onnx_file):
     _, info = load_model(tiny_checkpoint)
     meta = json.loads(onnx_file.with_name("food.onnx.json").read_text())
     assert meta["format"] == "onnx" and meta["arch"] == "resnet18"
-    assert meta["image_size"] == 32 and meta["num_classes"] == 20
-    assert meta["mean"] == info.mean and meta["std"] == info.std
+    assert meta["preprocessing"] == info.preprocessing.to_dict()
+    assert meta["preprocessing"]["image_size"] == 32 and meta["num_classes"] == 20
     assert meta["class_names"] == info.class_names and meta["class_names"][0] == "red-disk"
     graph = onnx.load(str(onnx_file)).graph
     onnx.checker.check_model(onnx.load(str(onnx_file)))

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train, tiny_overrides
-from torchvision import transforms as T
+from conftest import compose_train, seed_preprocessing, tiny_overrides
 
 from foodnet.data import FoodDataModule
 from foodnet.data.feature_dataset import FeatureDataset, FeatureSampler, FeatureSet
@@ -31,7 +30,8 @@ def _one_thread():
 
 def _datamodule(data, **kwargs) -> FoodDataModule:
     args = {"train_manifest": data["train"], "val_manifest": data["val"],
-            "test_manifest": data["test"], "classes": data["classes"], "image_size": 32,
+            "test_manifest": data["test"], "classes": data["classes"],
+            "preprocessing": seed_preprocessing(32),
             "batch_size": 16, "num_workers": 0, **kwargs}
     return FoodDataModule(**args)
 
@@ -89,8 +89,7 @@ def test_sampler_cycles_views_by_epoch_in_a_seeded_order():
     assert list(dataset.sampler(shuffle=False)) == [0, 1, 2, 3, 4]
 
 
-def test_cache_is_reused_until_manifest_transform_or_weights_change(tiny_data, tmp_path,
-                                                                    monkeypatch):
+def test_cache_is_reused_until_manifest_transform_or_weights_change(tiny_data, tmp_path):
     torch.manual_seed(0)
     net = create_model("resnet18", num_classes=20, weights=None)
     cache = FeatureCache(tmp_path / "cache")
@@ -116,12 +115,8 @@ def test_cache_is_reused_until_manifest_transform_or_weights_change(tiny_data, t
     assert not report.cache_hit and report.path != first.path and report.images == 39
 
     # Transform: same size, another interpolation.
-    def other_eval(image_size, *args):
-        return T.Compose([T.Resize([image_size, image_size], T.InterpolationMode.NEAREST),
-                          T.ToTensor()])
-    with monkeypatch.context() as patch:
-        patch.setattr("foodnet.data.datamodule.eval_transform", other_eval)
-        report, _ = attach()
+    nearest = seed_preprocessing(32).override(interpolation="nearest")
+    report, _ = attach(_datamodule(tiny_data, preprocessing=nearest))
     assert not report.cache_hit and report.path not in (first.path,)
 
     # Weights: one BatchNorm statistic moves.

@@ -128,8 +128,10 @@ def test_03_offline_weights_message_names_both_ways():
 @pytest.mark.parametrize(("override", "message"), [
     ({"trainer.max_epochs": 0}, "trainer.max_epochs=0: expected a positive integer"),
     ({"trainer.max_epochs": -1}, "trainer.max_epochs=-1: expected a positive integer"),
-    ({"data.image_size": 32.5}, "data.image_size=32.5: expected an integer"),
-    ({"data.image_size": 4}, "data.image_size=4: expected an integer >= 8"),
+    ({"model.preprocessing.image_size": 32.5},
+     "model.preprocessing.image_size=32.5: expected an integer"),
+    ({"model.preprocessing.image_size": 4},
+     "model.preprocessing.image_size=4: expected an integer >= 8"),
     ({"model.optimizer.lr": "fast"}, "model.optimizer.lr='fast': expected a positive number"),
     ({"data.batch_size": "abc"}, "data.batch_size='abc': expected an integer"),
     ({"seed": "abc"}, "seed='abc': expected an integer"),
@@ -156,12 +158,13 @@ def test_04_evaluate_checks_image_size(size):
     from conftest import CONFIG_DIR
     from hydra import compose, initialize_config_dir
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("eval", overrides=[f"data.image_size={size}", "paths.output_dir=x"])
-    with pytest.raises(ConfigError, match=r"^data.image_size="):
+        cfg = compose("eval", overrides=[f"model.preprocessing.image_size={size}",
+                                         "paths.output_dir=x"])
+    with pytest.raises(ConfigError, match=r"^model.preprocessing.image_size="):
         check_config(cfg, EvalSchema)
     control = cfg.copy()
-    control.data.image_size = None  # null: the checkpoint's size
-    assert check_config(control, EvalSchema).data.image_size is None
+    control.model.preprocessing.image_size = None  # null: the checkpoint's size
+    assert check_config(control, EvalSchema).model.preprocessing.image_size is None
 
 
 def test_04_cli_type_error_is_one_line_exit_2(tmp_path):

@@ -41,8 +41,10 @@ TINY_EXPERIMENT = """\
 # @package _global_
 defaults:
   - demo
+model:
+  preprocessing:
+    image_size: 32
 data:
-  image_size: 32
   batch_size: 8
   num_workers: 0
 trainer:

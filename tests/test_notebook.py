@@ -30,7 +30,8 @@ def test_notebook_runs_top_to_bottom_and_makes_its_artefacts(tmp_path):
     # The kernel must import this checkout's foodnet, whatever is installed in the venv.
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     env.update(FOODNET_TOUR_DATA=str(data), FOODNET_TOUR_RUN=str(run), FOODNET_TOUR_QUICK="1",
-               MPLBACKEND="module://matplotlib_inline.backend_inline")
+               MPLBACKEND="module://matplotlib_inline.backend_inline",
+               OMP_NUM_THREADS="1")  # tiny convolutions: intra-op threads only contend
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=180, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})

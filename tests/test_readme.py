@@ -13,8 +13,8 @@ from pathlib import Path
 from conftest import REPO, subprocess_env
 
 FOODNET = Path(sys.executable).with_name("foodnet")
-TINY = ["data.image_size=32", "data.batch_size=16", "data.num_workers=0", "trainer.max_epochs=1",
-        "trainer.accelerator=cpu", "+trainer.limit_train_batches=2",
+TINY = ["model.preprocessing.image_size=32", "data.batch_size=16", "data.num_workers=0",
+        "trainer.max_epochs=1", "trainer.accelerator=cpu", "+trainer.limit_train_batches=2",
         "+trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
         "hydra.run.dir=outputs/train/run"]
 

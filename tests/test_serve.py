@@ -228,7 +228,7 @@ def test_health_info_docs_and_page(server):
 
     card = server.get("/info").json()
     assert card["arch"] == "resnet18" and card["num_classes"] == 20
-    assert card["class_names"][0] == "red-disk" and card["image_size"] == 32
+    assert card["class_names"][0] == "red-disk" and card["preprocessing"]["image_size"] == 32
     assert card["format"] == "checkpoint" and card["trained_at"].startswith("20")
     assert card["val/acc_best"] is None  # saved by hand, without a ModelCheckpoint
 
@@ -380,7 +380,8 @@ def test_the_model_card_of_a_training_run(reference_run, tiny_data, tmp_path):
     OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # what hydra.main saves
 
     card = model_card(checkpoint)
-    assert card["arch"] == "resnet18" and card["num_classes"] == 20 and card["image_size"] == 32
+    assert card["arch"] == "resnet18" and card["num_classes"] == 20
+    assert card["preprocessing"]["image_size"] == 32
     assert card["val/acc_best"] == pytest.approx(reference_run[0]["val/acc_best"])
     assert card["epochs"] == 3 and card["format"] == "checkpoint"
     assert card["train_manifest"] == str(tiny_data["train"]) and card["weights"] is None

@@ -25,7 +25,8 @@ def _env() -> dict[str, str]:
 def _tiny(data: dict[str, Path]) -> list[str]:
     """Tiny-run overrides without data.batch_size, which the tests below sweep or search."""
     return [f"data.train_manifest={data['train']}", f"data.val_manifest={data['val']}",
-            f"data.classes={data['classes']}", "data.image_size=32", "data.num_workers=0",
+            f"data.classes={data['classes']}", "model.preprocessing.image_size=32",
+            "data.num_workers=0",
             "model.arch=resnet18", "model.weights=null", "trainer.max_epochs=1",
             "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
             "trainer.enable_model_summary=false"]

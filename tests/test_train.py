@@ -24,7 +24,10 @@ def test_default_config_is_the_seed_recipe():
     assert cfg.trainer.max_epochs == 20
     assert cfg.trainer.accelerator == "auto"
     assert (cfg.data.train_manifest, cfg.data.val_manifest) == ("data/train.txt", "data/test.txt")
-    assert cfg.data.batch_size == 64 and cfg.data.image_size == 256 and cfg.data.augment is True
+    assert cfg.data.batch_size == 64 and cfg.data.augment is True
+    # The seed's transforms: a 256px square resize, no crop (ImageNet mean/std from the weights).
+    assert cfg.model.preprocessing.image_size == 256
+    assert cfg.model.preprocessing.crop_mode == "squash"
 
 
 def test_build_wires_data_model_and_trainer(tiny_data, tmp_path):

@@ -276,7 +276,10 @@ def test_early_stopping_on_stalled_val_acc_and_metrics_json(tiny_data, tmp_path)
     assert sum(per_class.values()) / len(per_class) == pytest.approx(written["test/acc"])
 
 
-def test_demo_experiment_uses_full_finetuning_and_the_cosine_schedule():
+def test_demo_experiment_is_the_seed_recipe_on_the_pretrained_lite0():
     cfg = compose_train(["experiment=demo"])
-    assert cfg.finetune.strategy == "full" and "freeze" not in cfg.model
-    assert cfg.scheduler.schedule._target_ == "foodnet.training.schedulers.cosine_with_warmup"
+    assert (cfg.model.arch, cfg.model.weights) == ("efficientnet_lite0", "DEFAULT")
+    assert cfg.finetune.strategy == "freeze" and "freeze" not in cfg.model
+    assert cfg.scheduler.schedule is None  # the seed's constant learning rate
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-3
+    assert cfg.cache_features is True

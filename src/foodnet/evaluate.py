@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from foodnet.config import CONFIG_DIR
 from foodnet.errors import ConfigError, ManifestError, exit_on_user_error
@@ -52,7 +52,6 @@ def _evaluate(cfg: DictConfig) -> dict:
 
     from foodnet.data.check import check_manifest, raise_for_errors
     from foodnet.data.dataset import ManifestDataset, ignore_stop_signals
-    from foodnet.data.preprocessing import eval_transform
     from foodnet.hardware import auto_num_workers
     from foodnet.models.checkpoint import load_model
     from foodnet.reports.evaluation import Evaluator, IndexedDataset, write_misclassified
@@ -67,17 +66,17 @@ def _evaluate(cfg: DictConfig) -> dict:
     log.info("run dir: %s", run_dir)
     net, info = load_model(cfg.ckpt_path)
     class_names = resolve_class_names(cfg, info)
-    image_size = cfg.data.image_size or info.image_size
-    if not image_size:
-        raise ConfigError(f"{cfg.ckpt_path} records no image_size: set data.image_size")
+    # The checkpoint's own preprocessing, so the model sees what it was trained on; a value
+    # given in model.preprocessing overrides it (e.g. to evaluate at another size).
+    overrides = OmegaConf.to_container(cfg.model.preprocessing) if cfg.get("model") else {}
+    preprocessing = info.preprocessing.override(**overrides)
     # Every problem of the manifest at once, not only the first.
     report = check_manifest(cfg.data.test_manifest, info.num_classes, decode=False,
                             label_fix=f"the checkpoint knows {info.num_classes} classes: fix the "
                                       "label, or evaluate a checkpoint trained on this label")
     raise_for_errors([report])
     samples = report.samples
-    # The checkpoint's own normalisation, so the model sees what it was trained on.
-    dataset = ManifestDataset(samples, eval_transform(image_size, info.mean, info.std))
+    dataset = ManifestDataset(samples, preprocessing.eval_transform())
     workers = cfg.data.num_workers
     workers = auto_num_workers() if workers == "auto" else int(workers)
     loader = DataLoader(IndexedDataset(dataset), batch_size=cfg.data.batch_size,
@@ -91,7 +90,7 @@ def _evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"evaluated {len(evaluator.labels)} of {len(samples)} images: drop "
                           "trainer.limit_test_batches / fast_dev_run, the report covers all")
     report = {"checkpoint": str(cfg.ckpt_path), "test_manifest": str(cfg.data.test_manifest),
-              "image_size": int(image_size),
+              "preprocessing": preprocessing.to_dict(),
               **classification_report(evaluator.probs, evaluator.labels, class_names)}
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
 """Export a checkpoint for deployment: `python -m foodnet.export CKPT --format onnx --out FILE`.
 
 Writes FILE (the network followed by softmax: the output is class probabilities) and FILE.json,
-the preprocessing it expects (image size, mean, std, class names), its input/output names and
-the checkpoint's model card. Formats: `onnx` (PyTorch's dynamo exporter, for onnxruntime and
-other runtimes) and `pt2` (a torch.export program, for PyTorch deployments).
+the preprocessing it expects (the checkpoint's record: input size, resize and crop, mean, std,
+interpolation), its class names, its input/output names and the checkpoint's model card.
+Formats: `onnx` (PyTorch's dynamo exporter, for onnxruntime and other runtimes) and `pt2` (a
+torch.export program, for PyTorch deployments).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from foodnet.data.preprocessing import Preprocessing
     from foodnet.models.transfer import TransferNet
 
 EXPORT_FORMATS = ("onnx", "pt2")  # as in foodnet.inference.export_format (a test checks)
@@ -92,12 +93,20 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
                           dynamo=False)
 
 
+def describe_resize(pre: Preprocessing) -> str:
+    """The sidecar's words for the resize, for readers outside Python."""
+    if pre.crop_mode == "squash":
+        return f"resized to {pre.image_size} x {pre.image_size} ({pre.interpolation}, no crop)"
+    return (f"shorter side resized to {pre.resize_size} ({pre.interpolation}), centre crop "
+            f"{pre.image_size} x {pre.image_size}")
+
+
 def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     """Write the model to `out` and its preprocessing to the sidecar; return the sidecar path."""
     import torch
 
     from foodnet.inference.card import checkpoint_card
-    from foodnet.inference.export_format import require_image_size, sidecar_path
+    from foodnet.inference.export_format import sidecar_path
     from foodnet.inference.inputs import check_output
     from foodnet.models.checkpoint import load_model, read_checkpoint
 
@@ -107,7 +116,8 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     check_output(Path(out))
     check_output(sidecar_path(Path(out)), "--out (its sidecar)")
     net, info = load_model(checkpoint)
-    size = require_image_size(info, checkpoint)
+    pre = info.preprocessing
+    size = pre.image_size
     model = probability_model(net)
     example = torch.zeros(EXAMPLE_BATCH, 3, size, size)
     out = Path(out)
@@ -119,10 +129,10 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
         torch.export.save(program, str(out))
     meta = {
         "format": fmt,
-        **asdict(info),
+        **info.to_dict(),
         "input_name": INPUT_NAME,
-        "input": f"float32 N x 3 x {size} x {size}: RGB, resized to image_size x image_size "
-                 "(no crop), scaled to [0, 1], then (x - mean) / std per channel",
+        "input": f"float32 N x 3 x {size} x {size}: RGB, {describe_resize(pre)}, scaled to "
+                 "[0, 1], then (x - mean) / std per channel",
         "output_name": OUTPUT_NAME,
         "output": "float32 N x num_classes: softmax probabilities, index = label",
         "checkpoint": str(checkpoint),

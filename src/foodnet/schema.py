@@ -31,13 +31,24 @@ class DataSchema:
     test_manifest: str | None = None
     classes: str | None = None
     num_classes: int | None = None
-    image_size: int | None = None
     augment: bool = MISSING
     batch_size: int = MISSING
     num_workers: Any = MISSING  # auto or an int (checked in check_ranges)
     on_bad_image: str = MISSING
     validate: str = MISSING
     seed: int = MISSING
+
+
+@dataclass
+class PreprocessingSchema:
+    """Overrides of the weights' preprocessing record (null: the weights' own value)."""
+
+    image_size: int | None = None
+    crop_mode: str | None = None
+    crop_pct: float | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str | None = None
 
 
 @dataclass
@@ -48,6 +59,12 @@ class ModelSchema:
     label_smoothing: float = MISSING
     class_weights: Any = None  # null, balanced or a list of floats
     optimizer: dict[str, Any] = field(default_factory=dict)
+    preprocessing: PreprocessingSchema = field(default_factory=PreprocessingSchema)
+
+
+@dataclass
+class EvalModelSchema:
+    preprocessing: PreprocessingSchema = field(default_factory=PreprocessingSchema)
 
 
 @dataclass
@@ -88,7 +105,7 @@ class TrainSchema(CommonSchema):
 
 @dataclass
 class EvalSchema(CommonSchema):
-    pass
+    model: EvalModelSchema = field(default_factory=EvalModelSchema)
 
 
 # (key, type, test, what it must be): ranges checked once the types are.
@@ -126,11 +143,11 @@ def check_config(cfg: DictConfig, schema: type) -> DictConfig:
     except OmegaConfBaseException as err:  # e.g. an interpolation that names no key
         key = getattr(err, "full_key", None)
         raise ConfigError(f"{key}: {err.msg}" if key else str(err)) from None
-    image_size = OmegaConf.select(typed, "data.image_size")
-    train = schema is TrainSchema
-    if (image_size is not None or train) and not (image_size is not None and image_size >= 8):
-        hint = "" if train else ", or null for the checkpoint's size"
-        raise ConfigError(f"data.image_size={image_size}: expected an integer >= 8{hint}")
+    image_size = OmegaConf.select(typed, "model.preprocessing.image_size")
+    if image_size is not None and image_size < 8:
+        hint = "the weights'" if schema is TrainSchema else "the checkpoint's"
+        raise ConfigError(f"model.preprocessing.image_size={image_size}: expected an integer "
+                          f">= 8, or null for {hint} size")
     for key, (kind, test, wanted) in _RANGES.items():
         value = OmegaConf.select(typed, key, default=None)
         if value is None:

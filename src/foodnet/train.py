@@ -40,14 +40,19 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
     from foodnet.training.finetune import create_finetuning, freezes_backbone
     from foodnet.training.module import FoodClassifier
 
-    datamodule: FoodDataModule = _instantiate(cfg.data)
     finetune_options = OmegaConf.to_container(cfg.finetune, resolve=True)
     strategy = finetune_options.pop("strategy")
     finetuning = create_finetuning(strategy, **finetune_options)
     net = create_model(cfg.model.arch, cfg.model.num_classes, cfg.model.weights,
                        freeze=freezes_backbone(strategy))
+    # The run's one preprocessing record: the weights' own, with model.preprocessing's values.
+    preprocessing = net.preprocessing.override(
+        **OmegaConf.to_container(cfg.model.get("preprocessing") or {}, resolve=True))
+    log.info("preprocessing: %s", preprocessing.describe())
+    # Partial, then called: instantiate would turn the record (a dataclass) into a DictConfig.
+    datamodule: FoodDataModule = _instantiate(cfg.data, _partial_=True)(preprocessing=preprocessing)
     module = FoodClassifier(net, optimizer=instantiate(cfg.model.optimizer),
-                            class_names=datamodule.class_names, image_size=cfg.data.image_size,
+                            class_names=datamodule.class_names, preprocessing=preprocessing,
                             scheduler=instantiate(cfg.scheduler.schedule),
                             scheduler_interval=cfg.scheduler.interval,
                             label_smoothing=cfg.model.label_smoothing,

@@ -22,7 +22,7 @@ from foodnet.data.dataset import (
 )
 from foodnet.data.feature_dataset import FeatureDataset
 from foodnet.data.manifest import read_classes
-from foodnet.data.preprocessing import eval_transform, train_transform
+from foodnet.data.preprocessing import Preprocessing
 from foodnet.data.sampling import EpochSampler, SeededSamples
 from foodnet.errors import ConfigError, ManifestError
 from foodnet.hardware import auto_num_workers
@@ -36,7 +36,8 @@ class FoodDataModule(L.LightningDataModule):
 
     def __init__(self, train_manifest: str | Path | None, val_manifest: str | Path | None,
                  test_manifest: str | Path | None = None, classes: str | Path | None = None,
-                 num_classes: int | None = None, image_size: int = 256, augment: bool = True,
+                 num_classes: int | None = None, preprocessing: Preprocessing | None = None,
+                 augment: bool = True,
                  batch_size: int = 64, num_workers: int | str = "auto",
                  on_bad_image: str = "error", validate: str = "quick", seed: int = 0):
         super().__init__()
@@ -48,15 +49,14 @@ class FoodDataModule(L.LightningDataModule):
                               f"{', '.join(VALIDATE_MODES)}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be positive")
-        if image_size < 8:
-            raise ConfigError(f"data.image_size={image_size} is too small (at least 8)")
         self.manifests = {"train": train_manifest, "val": val_manifest, "test": test_manifest}
         self.class_names = read_classes(classes) if classes else None
         if self.class_names and num_classes is not None and len(self.class_names) != num_classes:
             raise ManifestError(f"{classes} lists {len(self.class_names)} classes but "
                                 f"model.num_classes={num_classes}; make them agree")
         self.num_classes = num_classes or (len(self.class_names) if self.class_names else None)
-        self.image_size = image_size
+        # Made once per run from the backbone's weights (train.py); the datamodule only uses it.
+        self.preprocessing = preprocessing
         self.augment = augment
         self.batch_size = batch_size
         self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
@@ -94,9 +94,16 @@ class FoodDataModule(L.LightningDataModule):
             samples = [s for s in report.samples if s.where not in self.skipped]
             if not samples:
                 raise ManifestError(f"{report.manifest}: every image was skipped, none is left")
-            transform = (train_transform(self.image_size, self.augment) if split == "train"
-                         else eval_transform(self.image_size))
-            self.datasets[split] = ManifestDataset(samples, transform)
+            self.datasets[split] = ManifestDataset(samples, self.transform(split == "train"))
+
+    def transform(self, train: bool):
+        """The train preset (augmented unless data.augment=false) or the eval preset."""
+        if self.preprocessing is None:
+            raise ValueError("FoodDataModule needs preprocessing=Preprocessing(...) to build "
+                             "datasets (train.py makes it from the backbone's weights)")
+        if train:
+            return self.preprocessing.train_transform(self.augment)
+        return self.preprocessing.eval_transform()
 
     def image_loader(self, split: str, augmented: bool) -> DataLoader:
         """The split's images in manifest order, with the train or the eval transform, for
@@ -105,8 +112,7 @@ class FoodDataModule(L.LightningDataModule):
         dataset = copy.copy(self.datasets[split])
         if not isinstance(dataset, ManifestDataset):
             raise ValueError(f"the {split} split already serves features, not images")
-        dataset.transform = (train_transform(self.image_size, self.augment) if augmented
-                             else eval_transform(self.image_size))
+        dataset.transform = self.transform(augmented)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                           worker_init_fn=ignore_stop_signals)

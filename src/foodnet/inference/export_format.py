@@ -42,13 +42,9 @@ def read_sidecar(model: str | Path) -> dict:
     return meta
 
 
-def info_from_sidecar(meta: dict) -> ModelInfo:
-    return ModelInfo(**{key: meta[key] for key in INFO_KEYS})
-
-
-def require_image_size(info: ModelInfo, source: str | Path) -> int:
-    if not info.image_size:
-        raise ModelFileError(f"{source}: records no image_size, so its preprocessing is unknown; "
-                             "save checkpoints with FoodClassifier(image_size=...), as "
-                             "foodnet.train does")
-    return int(info.image_size)
+def info_from_sidecar(meta: dict, source: str | Path = "the export sidecar") -> ModelInfo:
+    try:
+        return ModelInfo.from_dict(meta)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{source}: unreadable preprocessing record ({err}); re-export "
+                             "with python -m foodnet.export") from None

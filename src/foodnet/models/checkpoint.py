@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import CheckpointError
 from foodnet.models.transfer import TransferNet, create_model
 
@@ -20,9 +21,33 @@ class ModelInfo:
     arch: str
     num_classes: int
     class_names: list[str]
-    image_size: int | None
-    mean: list[float]
-    std: list[float]
+    preprocessing: Preprocessing
+
+    def to_dict(self) -> dict:
+        """Plain values, for the export sidecar."""
+        return {"arch": self.arch, "num_classes": self.num_classes,
+                "class_names": list(self.class_names),
+                "preprocessing": self.preprocessing.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelInfo:
+        return cls(arch=values["arch"], num_classes=int(values["num_classes"]),
+                   class_names=list(values["class_names"]),
+                   preprocessing=Preprocessing.from_dict(values["preprocessing"]))
+
+
+def saved_preprocessing(hparams: dict, source: str | Path) -> Preprocessing:
+    """The preprocessing a checkpoint records; older checkpoints recorded only image_size, mean
+    and std, for the seed's square resize (bilinear, no crop)."""
+    if hparams.get("preprocessing"):
+        return Preprocessing.from_dict(hparams["preprocessing"])
+    if hparams.get("image_size"):
+        return Preprocessing(image_size=int(hparams["image_size"]), crop_mode="squash",
+                             crop_pct=1.0, mean=tuple(hparams["mean"]), std=tuple(hparams["std"]),
+                             interpolation="bilinear")
+    raise CheckpointError(f"{source}: records no preprocessing (image size, mean, std), so what "
+                          "the network expects is unknown; save checkpoints with "
+                          "FoodClassifier(preprocessing=...), as foodnet.train does")
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -53,18 +78,18 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def model_info(checkpoint: dict) -> ModelInfo:
+def model_info(checkpoint: dict, source: str | Path = "the checkpoint") -> ModelInfo:
     hp = checkpoint["hyper_parameters"]
     num_classes = int(hp["num_classes"])
     names = hp.get("class_names") or [str(i) for i in range(num_classes)]
     return ModelInfo(arch=hp["arch"], num_classes=num_classes, class_names=list(names),
-                     image_size=hp.get("image_size"), mean=list(hp["mean"]), std=list(hp["std"]))
+                     preprocessing=saved_preprocessing(hp, source))
 
 
 def load_model(path: str | Path) -> tuple[TransferNet, ModelInfo]:
     """Rebuild the trained network from a checkpoint, in eval mode."""
     checkpoint = read_checkpoint(path)
-    info = model_info(checkpoint)
+    info = model_info(checkpoint, path)
     net = create_model(info.arch, info.num_classes, weights=None, freeze=True)
     state = {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()
              if key.startswith("net.")}

@@ -5,18 +5,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError
 from foodnet.models.backbones import create_backbone
 
 
 class TransferNet(nn.Module):
-    """A pretrained backbone (pooled features out) followed by a new Linear head."""
+    """A pretrained backbone (pooled features out) followed by a new Linear head.
 
-    def __init__(self, backbone: nn.Module, head: nn.Linear, arch: str):
+    `preprocessing` is what the backbone's weights expect (train.py may override parts of it; the
+    run's own record is saved in the checkpoint).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear, arch: str,
+                 preprocessing: Preprocessing | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.arch = arch
+        self.preprocessing = preprocessing
 
     @property
     def num_features(self) -> int:
@@ -46,8 +53,9 @@ def create_model(arch: str = "resnet152", num_classes: int = 20, weights: str | 
     """Build `arch` with `weights`, replace its head by a Linear(num_classes), maybe freeze."""
     if num_classes < 1:
         raise ConfigError(f"model.num_classes={num_classes} must be positive")
-    backbone, num_features = create_backbone(arch, weights)
-    model = TransferNet(backbone=backbone, head=nn.Linear(num_features, num_classes), arch=arch)
+    backbone = create_backbone(arch, weights)
+    model = TransferNet(backbone=backbone.net, head=nn.Linear(backbone.num_features, num_classes),
+                        arch=arch, preprocessing=backbone.preprocessing)
     set_backbone_trainable(model, not freeze)
     return model
 

@@ -177,7 +177,7 @@ def attach_features(datamodule: FoodDataModule, net: TransferNet, splits: Iterab
         if cache is not None:
             key = cache_key(samples=samples_digest(dataset.samples),
                             transform=repr(dataset.transform), arch=net.arch, weights=weights,
-                            image_size=datamodule.image_size, views=views,
+                            preprocessing=datamodule.preprocessing.to_dict(), views=views,
                             seed=seed if augmented else None, precision=precision)
             path = cache.path(split, key)
             feature_set = cache.load(path)

@@ -5,29 +5,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from foodnet.errors import ConfigError
+from foodnet.models.backbones import backbone_stages as stages_of
 from foodnet.models.transfer import TransferNet
 
 STRATEGIES = ("freeze", "gradual", "full")
-# Backbones whose top-level children are their stages in forward order (ResNet: conv1, bn1,
-# layer1 .. layer4). Other families nest their stages differently and would unfreeze the wrong part.
-STAGED_FAMILIES = ("resnet", "resnext", "wide_resnet")
 # Param-group keys that hold learning rates (torch's schedulers add initial_lr, max_lr, min_lr).
 LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 
 
-def backbone_stages(net: TransferNet) -> list[nn.Module]:
-    """The backbone's top-level children that hold parameters, in forward order."""
-    if not net.arch.startswith(STAGED_FAMILIES):
-        raise ConfigError(f"finetune=gradual knows the stages of {', '.join(STAGED_FAMILIES)}* "
-                          f"backbones, not model.arch={net.arch}; use finetune=full or "
-                          "finetune=freeze")
-    return [child for child in net.backbone.children() if any(True for _ in child.parameters())]
+def backbone_stages(net: TransferNet) -> list[list[nn.Module]]:
+    """The backbone's stages in forward order (models/backbones.py knows each family's)."""
+    return stages_of(net.arch, net.backbone)
 
 
 class GradualUnfreezing(BaseFinetuning):
@@ -37,6 +34,10 @@ class GradualUnfreezing(BaseFinetuning):
     `backbone_lr_factor` times its learning rate. With train_bn=False the BatchNorm layers of
     unfrozen stages keep their pretrained statistics and affine parameters (they stay frozen and
     in eval mode); with train_bn=True they train like the rest of the stage.
+
+    Under DDP the parts unfrozen after DDP wrapped the model are not in its gradient reducer
+    (Lightning issue #20340): their gradients are averaged across processes here, before each
+    optimizer step, so that every process keeps the same weights.
     """
 
     def __init__(self, unfreeze_last_at: int, unfreeze_all_at: int | None,
@@ -53,6 +54,7 @@ class GradualUnfreezing(BaseFinetuning):
         self.unfreeze_all_at = unfreeze_all_at
         self.backbone_lr_factor = backbone_lr_factor
         self.train_bn = train_bn
+        self._unfrozen: dict[int, nn.Parameter] = {}  # by id: what DDP's reducer never saw
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Only fitting starts from a frozen backbone: trainer.test() after fit must not re-freeze.
@@ -72,9 +74,10 @@ class GradualUnfreezing(BaseFinetuning):
         # train again (their param groups come back from the checkpoint, requires_grad does not).
         stages = backbone_stages(pl_module.net)
         if epoch >= self.unfreeze_last_at:
-            self._unfreeze(stages[-1:], pl_module, optimizer)
+            self._unfreeze(stages[-1], pl_module, optimizer)
         if self.unfreeze_all_at is not None and epoch >= self.unfreeze_all_at:
-            self._unfreeze(stages[:-1], pl_module, optimizer)
+            # The whole backbone: also parameters outside the stages (a ViT's position embedding).
+            self._unfreeze([pl_module.net.backbone], pl_module, optimizer)
 
     def _unfreeze(self, modules: list[nn.Module], pl_module: L.LightningModule,
                   optimizer: Optimizer) -> None:
@@ -87,11 +90,30 @@ class GradualUnfreezing(BaseFinetuning):
         # Identity, not BaseFinetuning.filter_on_optimizer, whose torch.equal() comparison drops
         # parameters whose values equal one already added (e.g. freshly initialised BN weights).
         known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        params = [p for p in self.filter_params(modules, train_bn=self.train_bn)
-                  if id(p) not in known]
+        trainable = list(self.filter_params(modules, train_bn=self.train_bn))
+        self._unfrozen.update((id(p), p) for p in trainable)
+        params = [p for p in trainable if id(p) not in known]
         if params:
             add_scaled_param_group(optimizer, params, self.backbone_lr_factor,
                                    [c.scheduler for c in pl_module.trainer.lr_scheduler_configs])
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: Optimizer) -> None:
+        if isinstance(trainer.strategy, DDPStrategy) and trainer.world_size > 1:
+            average_gradients([p for p in self._unfrozen.values() if p.grad is not None],
+                              trainer.world_size)
+
+
+def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
+    """All-reduce the gradients of `params` (one flat buffer) and divide by the world size."""
+    if not params:
+        return
+    grads = [p.grad for p in params]
+    flat = _flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat)
+    flat /= world_size
+    for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        grad.copy_(synced)
 
 
 def add_scaled_param_group(optimizer: Optimizer, params: list[nn.Parameter], factor: float,

@@ -18,7 +18,7 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from foodnet.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError
 from foodnet.models.transfer import TransferNet
 from foodnet.reports.metrics import TOP_K, per_class_accuracy
@@ -44,8 +44,7 @@ class FoodClassifier(L.LightningModule):
     """Trains a TransferNet; frozen parts stay in eval mode so BatchNorm statistics never drift."""
 
     def __init__(self, net: TransferNet, optimizer: OptimizerFactory = torch.optim.Adam,
-                 class_names: list[str] | None = None, image_size: int | None = None,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 class_names: list[str] | None = None, preprocessing: Preprocessing | None = None,
                  scheduler: SchedulerFactory | None = None, scheduler_interval: str = "epoch",
                  label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None,
                  channels_last: bool = False):
@@ -62,12 +61,15 @@ class FoodClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.class_names = list(class_names) if class_names else None
+        # The run's preprocessing record (default: what the backbone's weights expect).
+        self.preprocessing = preprocessing or net.preprocessing
         # Plain values only, so checkpoints load with weights_only=True; they are what
         # evaluate/predict/export need to rebuild the network and its preprocessing. Not sent to
         # the loggers: a run's params there are its composed config (foodnet.tracking).
-        self.save_hyperparameters({"arch": net.arch, "num_classes": net.num_classes,
-                                   "class_names": self.class_names, "image_size": image_size,
-                                   "mean": list(mean), "std": list(std)}, logger=False)
+        self.save_hyperparameters({
+            "arch": net.arch, "num_classes": net.num_classes, "class_names": self.class_names,
+            "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None},
+            logger=False)
         num_classes = net.num_classes
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")

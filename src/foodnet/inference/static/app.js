@@ -24,7 +24,8 @@ function field(list, label, value) {
 }
 
 function showCard(card) {
-  const size = card.image_size ? `${card.image_size} x ${card.image_size} px` : "unknown";
+  const pre = card.preprocessing || {};
+  const size = pre.image_size ? `${pre.image_size} x ${pre.image_size} px` : "unknown";
   $("model-line").textContent =
     `${card.name} \u00b7 ${card.arch} \u00b7 ${card.num_classes} classes`;
   const list = $("card-fields");

@@ -21,7 +21,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from foodnet.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from foodnet.reports.figures import confusion_matrix_figure, figure_to_array, image_grid_figure
 from foodnet.training.tracking import mlflow_loggers
 
@@ -37,8 +36,8 @@ def logged_step(trainer: L.Trainer) -> int:
     return max(trainer.global_step - 1, 0)
 
 
-def denormalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def denormalize(images: torch.Tensor, mean: Sequence[float],
+                std: Sequence[float]) -> np.ndarray:
     """Undo transforms.Normalize on an NCHW batch: NHWC floats in [0, 1], ready for imshow."""
     images = images.detach().float().cpu()
     mean_t = torch.tensor(mean).view(1, -1, 1, 1)
@@ -92,9 +91,12 @@ class AugmentedSamples(L.Callback):
         if not loggers:
             return
         x, y = batch[0][: self.max_images], batch[1][: self.max_images]
-        hparams = pl_module.hparams  # the normalisation the data was given, saved by the module
-        images = denormalize(x, hparams.get("mean", IMAGENET_MEAN),
-                             hparams.get("std", IMAGENET_STD))
+        if x.ndim != 4:  # cache_features serves pooled features (N, F): there is no image to show
+            return
+        hparams = pl_module.hparams  # the preprocessing the data was given, saved by the module
+        preprocessing = hparams.get("preprocessing") or {}
+        images = denormalize(x, preprocessing.get("mean", (0.0,) * 3),
+                             preprocessing.get("std", (1.0,) * 3))
         names = _class_names(pl_module, int(hparams.get("num_classes", int(y.max()) + 1)))
         figure = image_grid_figure(images, [names[int(label)] for label in y])
         array = figure_to_array(figure)
@@ -179,6 +181,9 @@ class HyperparamsLogger(L.Callback):
             rank_zero_warn(f"HyperparamsLogger: {self.metric} was never logged (no validation?), "
                            "so the HPARAMS tab has no metric for this run")
             return
+        # The input size the run actually used: the weights' own unless the config overrode it.
+        preprocessing = pl_module.hparams.get("preprocessing") or {}
+        params = {**self.params, "image_size": preprocessing.get("image_size")}
         for logger in loggers:
-            logger.log_hyperparams(self.params, {self.metric: float(value)},
+            logger.log_hyperparams(params, {self.metric: float(value)},
                                    step=logged_step(trainer))

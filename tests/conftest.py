@@ -30,6 +30,19 @@ def _console_logging():
 
 
 @pytest.fixture(scope="session")
+def _speed_cache_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache_home")
+
+
+@pytest.fixture(autouse=True)
+def _user_cache(_speed_cache_home, monkeypatch):
+    """The user's cache folder (speed measurements, foodnet.hardware) in a folder of the session:
+    tests never read or fill the real one, and share what the first one measured."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_speed_cache_home))
+    return _speed_cache_home
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     """The demo dataset at toy size: 20 classes, 32px images, 4/2/2 per class."""
     out = tmp_path_factory.mktemp("tiny_data")

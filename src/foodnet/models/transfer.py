@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -17,6 +19,9 @@ class TransferNet(nn.Module):
         self.backbone = backbone
         self.head = head
         self.arch = arch
+        # What runs the frozen backbone, when not the module itself: a compiled forward
+        # (hardware.CompiledForward). A plain callable, not a submodule: the state_dict is the same.
+        self.frozen_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def num_features(self) -> int:
@@ -34,7 +39,7 @@ class TransferNet(nn.Module):
         # A frozen backbone needs no autograd graph: skipping it saves memory and time.
         if self.backbone_frozen:
             with torch.no_grad():
-                return self.backbone(x)
+                return (self.frozen_forward or self.backbone)(x)
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,9 @@ def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[floa
     return torch.where(counts > 0, weights, 0.0).tolist()
 
 
+SPEED_KEY = "speed"  # the checkpoint's record of the run's precision and memory layout
+
+
 class FoodClassifier(L.LightningModule):
     """Trains a TransferNet; frozen parts stay in eval mode so BatchNorm statistics never drift."""
 
@@ -178,6 +181,12 @@ class FoodClassifier(L.LightningModule):
         names = self.class_names or [str(i) for i in range(len(confusion))]
         self.test_per_class_acc = per_class_accuracy(confusion, names)
         self.test_confusion.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A resumed run keeps the precision and layout it started with (train.py reads them
+        # back), whatever `auto` would measure now: the same numerics as an uninterrupted run.
+        checkpoint[SPEED_KEY] = {"precision": str(self.trainer.precision),
+                                 "channels_last": self.channels_last}
 
     def configure_optimizers(self):
         trainable = [p for p in self.parameters() if p.requires_grad]

@@ -54,7 +54,7 @@ PHOTO_SIZE = (512, 384)
 SPLIT = {"train": 0.8, "val": 0.2}
 TARGET_EPOCHS = 20  # the seed's recipe
 TARGETS = {"recipe": 5.0, "cache": 50.0, "extraction": 2.5, "memory": 1.5, "predict": 0.8}
-DECISION_LINES = r"^(precision auto|channels_last auto|compile auto|compile: ).*$"
+DECISION_LINES = r"^(?:precision auto|channels_last auto|compile auto|compile: ).*$"
 
 
 # ---------------------------------------------------------------- data

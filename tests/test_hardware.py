@@ -272,6 +272,9 @@ def test_compiled_backbone_gives_the_eager_features_and_records_what_it_gained(t
                                  device=CPU, cache=cache)
     compiled = net.frozen_forward
     assert isinstance(compiled, CompiledForward)
+    with torch.no_grad():  # a smaller batch first (a small validation set): eager, no compile
+        small = torch.randn(5, 3, 32, 32)
+        assert torch.equal(compiled(small), backbone(small)) and compiled.state == "new"
     loader = FoodDataModule(tiny_data["train"], tiny_data["val"], classes=tiny_data["classes"],
                             image_size=32, batch_size=16, num_workers=0).image_loader(
         "train", augmented=False)

@@ -501,18 +501,19 @@ class CompiledForward:
     """A frozen module's forward through torch.compile (inductor, weights frozen as constants),
     checked against eager on the run's own batches.
 
-    Only calls like the first (shape, strides, dtype, grad, inference and autocast state) run
-    compiled; others, such as an epoch's smaller last batch, run eager rather than compile
-    again. The first call compiles; the second runs compiled and the third eager, both timed:
+    Only calls like the first full batch (`batch_size` images; shape, strides, dtype, grad,
+    inference and autocast state) run compiled; others, such as an epoch's smaller last batch,
+    run eager rather than compile again. The first call compiles; the second runs compiled and the third eager, both timed:
     when compiling did not make it faster, every later call runs eager. A compiler error logs a
     warning and the run goes on eager. Not an nn.Module, so the network's state_dict is unchanged.
     """
 
     def __init__(self, module: nn.Module, name: str = "backbone",
-                 backend: str | Callable = "inductor",
+                 backend: str | Callable = "inductor", batch_size: int | None = None,
                  on_measured: Callable[[CompileMeasurement], None] | None = None):
         self.module = module
         self.name = name
+        self.batch_size = batch_size  # None: whatever the first call brings
         self.backend = backend
         self.on_measured = on_measured
         self.state = "new"  # new -> compiled -> timed -> fast | eager
@@ -542,6 +543,8 @@ class CompiledForward:
         if self.state == "fast":
             return self.compiled(x)
         if self.state == "new":
+            if self.batch_size is not None and x.shape[0] != self.batch_size:
+                return self.module(x)  # wait for a full batch: the shape most calls have
             return self._compile(x)
         if self.state == "compiled":
             out, self._compiled_s = self._timed(self.compiled, x)

@@ -85,7 +85,7 @@ def use_compiled_backbone(net: TransferNet, option: bool | str, *, images: int,
         cache.put(key, {"measurement": asdict(measurement)})
 
     net.frozen_forward = CompiledForward(net.backbone, name=f"{net.arch} backbone",
-                                         on_measured=record)
+                                         batch_size=batch_size, on_measured=record)
     return True
 
 

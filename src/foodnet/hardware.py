@@ -503,9 +503,10 @@ class CompiledForward:
 
     Only calls like the first full batch (`batch_size` images; shape, strides, dtype, grad,
     inference and autocast state) run compiled; others, such as an epoch's smaller last batch,
-    run eager rather than compile again. The first call compiles; the second runs compiled and the third eager, both timed:
-    when compiling did not make it faster, every later call runs eager. A compiler error logs a
-    warning and the run goes on eager. Not an nn.Module, so the network's state_dict is unchanged.
+    run eager rather than compile again. The first call compiles; the second runs compiled and
+    the third eager, both timed: when compiling did not make it faster, every later call runs
+    eager. A compiler error logs a warning and the run goes on eager. Not an nn.Module, so the
+    network's state_dict is unchanged.
     """
 
     def __init__(self, module: nn.Module, name: str = "backbone",

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: help install demo train test lint tensorboard mlflow bench bench-serve clean
+.PHONY: help install demo train test lint tensorboard mlflow bench bench-gpu bench-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,8 +40,11 @@ tensorboard: install  ## serve every run under outputs/ and multirun/ on http://
 mlflow: install  ## MLflow UI over outputs/mlflow.db (logger=mlflow) on http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --workers 1 --port 5000
 
-bench: install  ## seed recipe vs foodnet vs cache_features on generated photos (~20 min on 2 CPU cores)
+bench: install  ## seed script vs foodnet vs cache_features, interleaved, 500 generated photos (~40 min on 2 CPU cores)
 	$(PY) benchmarks/bench.py $(ARGS)
+
+bench-gpu: install  ## the same on one CUDA GPU: bf16, channels_last, compile, workers, pinned memory (~5 min)
+	$(PY) benchmarks/bench.py --device cuda --forward-budget 30 --extra-variant "workers0:data.num_workers=0" $(ARGS)
 
 bench-serve: install  ## foodnet serve under load: 32 clients x 500 requests, dynamic batching vs batch size 1
 	$(PY) benchmarks/bench_serve.py $(ARGS)

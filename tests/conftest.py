@@ -29,6 +29,21 @@ def _console_logging():
     console_logging()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache(tmp_path_factory):
+    """The user's cache folder (speed measurements, foodnet.hardware) in a folder of the session,
+    set before any other fixture runs: tests never read or fill the real one, and every run of
+    the session (session fixtures included) decides the same from what the first one measured."""
+    home = tmp_path_factory.mktemp("cache_home")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(home)
+    yield home
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict[str, Path]:
     """The demo dataset at toy size: 20 classes, 32px images, 4/2/2 per class."""

@@ -2,6 +2,7 @@
 
 import json
 
+import torch
 from conftest import REFERENCE_EPOCHS, assert_same_weights, compose_train, tiny_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -28,3 +29,14 @@ def test_same_seed_twice_gives_identical_metrics(tiny_data, tmp_path, reference_
     assert all(len(values) == REFERENCE_EPOCHS for values in history.values())
     assert history == scalars(first_last.parents[1])
     assert_same_weights(tmp_path / "checkpoints" / "last.ckpt", first_last)
+
+
+def test_same_seed_twice_in_bf16_gives_identical_weights(tiny_data, tmp_path):
+    overrides = tiny_overrides(tiny_data, **{"trainer.max_epochs": 2,
+                                             "trainer.precision": "bf16-mixed"})
+    runs = [tmp_path / "first", tmp_path / "again"]
+    for run_dir in runs:
+        train(compose_train([*overrides, "~logger"], run_dir=run_dir))
+    first, again = (run / "checkpoints" / "last.ckpt" for run in runs)
+    assert torch.load(first, weights_only=True)["speed"]["precision"] == "bf16-mixed"
+    assert_same_weights(first, again)

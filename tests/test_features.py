@@ -1,11 +1,14 @@
 """The frozen-backbone fast path is the same model: features, cache keys, cached training."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train, seed_preprocessing, tiny_overrides
+from conftest import compose_train, seed_preprocessing, subprocess_env, tiny_overrides
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from foodnet.data import FoodDataModule
 from foodnet.data.feature_dataset import FeatureDataset, FeatureSampler, FeatureSet
@@ -228,3 +231,31 @@ def test_feature_loader_serves_features_without_workers(tiny_data):
     x, y = next(iter(loader))
     assert loader.num_workers == 0 and isinstance(loader.sampler, FeatureSampler)
     assert x.shape == (16, 512) and y.shape == (16,)
+
+
+@pytest.mark.parametrize("views", [1, 2])
+def test_cache_features_runs_with_the_default_callbacks_and_tensorboard(tiny_data, tmp_path,
+                                                                       views):
+    """As a user runs it (`python -m foodnet.train cache_features=true`): the default callbacks
+    and the TensorBoard logger on; the dashboards show what features allow, nothing crashes."""
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(tiny_data, **{
+        "trainer.max_epochs": 2, "cache_features": "true", "cache_views": views,
+        "cache_dir": tmp_path / "cache", "data.test_manifest": tiny_data["test"]})
+    result = subprocess.run(
+        [sys.executable, "-m", "foodnet.train", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stdout.count(f"features: train: 80 images x {views} view(s)") == 1
+    assert result.stdout.count("train/augmented_samples: not logged, this run trains the head "
+                               "on cached backbone features") == 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and 0.0 <= metrics["test/acc"] <= 1.0
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    assert {"train/loss", "val/acc", "speed/train_images_per_sec", "lr-Adam"} <= set(
+        accumulator.Tags()["scalars"])
+    assert set(accumulator.Tags()["images"]) == {"val/confusion_matrix"}
+    assert len(accumulator.Images("val/confusion_matrix")) == 2

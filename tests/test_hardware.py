@@ -1,66 +1,209 @@
-"""Fast defaults: precision picked for the hardware, explicit settings win, channels_last."""
+"""Speed decided by measurement: the calibration, its decisions, the cache, explicit values win,
+channels_last, compiling the frozen backbone."""
+
+from __future__ import annotations
+
+import json
+import logging
 
 import pytest
 import torch
 from conftest import compose_train, tiny_overrides
-from hydra.utils import instantiate
+from torch import nn
 
 from foodnet import hardware
-from foodnet.models.transfer import create_model
+from foodnet.hardware import FP32, Calibration, CompiledForward, CompileMeasurement, SpeedCache
+from foodnet.models.transfer import TransferNet, create_model
 from foodnet.train import build
+from foodnet.training.features import extract_features
 from foodnet.training.module import FoodClassifier
+from foodnet.training.trainer import use_compiled_backbone
 
-CPUINFO = """processor\t: 0
-vendor_id\t: GenuineIntel
-flags\t\t: fpu sse2 avx2 avx512f {extra}
-bugs\t\t: spectre_v1
-"""
+CPU = torch.device("cpu")
+BF16 = "bf16-mixed"
 
 
-@pytest.mark.parametrize(("extra", "fast"), [("avx512_bf16 amx_bf16 amx_tile", True),
-                                             ("avx512_bf16", False), ("", False)])
-def test_bf16_counts_as_fast_only_with_amx(tmp_path, extra, fast):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(CPUINFO.format(extra=extra))
-    flags = hardware.cpu_flags(cpuinfo)
-    assert "avx2" in flags and "spectre_v1" not in flags
-    assert hardware.cpu_runs_bf16_fast(flags) is fast
-    assert hardware.cpu_flags(tmp_path / "missing") == set()
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-@pytest.mark.parametrize(("cuda", "cuda_bf16", "cpu_bf16", "accelerator", "expected"), [
-    (True, True, False, "auto", "bf16-mixed"),
-    (True, False, True, "auto", "16-mixed"),
-    (True, False, True, "gpu", "16-mixed"),
-    (True, True, True, "cpu", "bf16-mixed"),   # cpu asked for: the CPU decides
-    (True, True, False, "cpu", "32-true"),
-    (False, False, True, "auto", "bf16-mixed"),
-    (False, False, False, "auto", "32-true"),
+class CostedNet(nn.Module):
+    """A stand-in for a machine's speed: each forward advances a fake clock by the seconds per
+    image that `costs` gives its (precision, layout), so the calibration's decisions are tested
+    on known timings."""
+
+    def __init__(self, clock: FakeClock, costs: dict[tuple[str, bool], float]):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)  # a 4-d weight, whose layout the calibration switches
+        self.clock, self.costs, self.calls = clock, costs, []
+
+    def forward(self, x):
+        precision = BF16 if torch.is_autocast_enabled("cpu") else FP32
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and \
+            not x.is_contiguous()
+        self.calls.append((precision, channels_last))
+        self.clock.now += self.costs[(precision, channels_last)] * x.shape[0]
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def costed(fp32_cl=0.125, fp32=0.175, bf16_cl=0.0625, bf16=0.0875) -> CostedNet:
+    return CostedNet(FakeClock(), {(FP32, True): fp32_cl, (FP32, False): fp32,
+                                   (BF16, True): bf16_cl, (BF16, False): bf16})
+
+
+def calibrate(net: CostedNet, budget_s: float = 15.0) -> Calibration:
+    return hardware.calibrate(net, 8, CPU, budget_s=budget_s, clock=net.clock)
+
+
+def test_calibration_measures_every_setting_and_picks_a_clearly_faster_bf16():
+    net = costed()  # bf16 at 2x fp32, channels_last 1.4x contiguous
+    calibration = calibrate(net)
+    assert calibration.complete and not calibration.skipped
+    assert calibration.batch == 4  # 0.5 s of fp32 forward at 0.125 s per image
+    assert calibration.rate(FP32, True) == pytest.approx(8.0)
+    assert calibration.rate(FP32, False) == pytest.approx(1 / 0.175)
+    assert calibration.rate(BF16, True) == pytest.approx(16.0)
+    choice = hardware.choose_precision(calibration, BF16)
+    assert (choice.precision, choice.channels_last, choice.why) == (BF16, True, "2.00x fp32")
+    assert calibration.seconds <= 15.0
+    # warm-up + 3 timed samples of each setting, interleaved (the last rounds alternate)
+    assert net.calls[-4:] == [(FP32, True), (FP32, False), (BF16, True), (BF16, False)]
+
+
+def test_bf16_far_slower_is_not_chosen_and_its_other_layout_not_even_timed():
+    calibration = calibrate(costed(bf16_cl=0.8, bf16=6.0))  # an AVX2-only CPU emulating bf16
+    choice = hardware.choose_precision(calibration, BF16)
+    assert choice.precision == FP32 and choice.channels_last
+    assert "bf16-mixed ran at 0.16x fp32, below the 1.2x margin" in choice.why
+    assert "twice as fast to change the decision" in calibration.skipped[f"{BF16} contiguous"]
+    assert calibration.complete  # nothing that matters was left out
+
+
+def test_a_setting_that_would_overrun_the_budget_is_skipped_and_the_result_incomplete():
+    calibration = calibrate(costed(fp32_cl=0.5, fp32=0.6, bf16_cl=0.2), budget_s=4.0)
+    assert calibration.rate(FP32, True) is not None
+    assert "budget" in calibration.skipped[f"{BF16} channels_last"]
+    assert not calibration.complete
+    assert hardware.choose_precision(calibration, BF16).precision == FP32
+
+
+@pytest.mark.parametrize(("rates", "spread", "error", "expected", "why"), [
+    ({"32-true channels_last": 10, f"{BF16} channels_last": 11}, 1.0, 0.0, FP32,
+     "1.10x fp32, below the 1.2x margin"),
+    ({"32-true channels_last": 10, f"{BF16} channels_last": 15}, 1.0, 0.0, BF16, "1.50x fp32"),
+    # a busy machine: bf16's slowest sample is no faster than fp32's fastest by the margin
+    ({"32-true channels_last": 10, f"{BF16} channels_last": 15}, 1.4, 0.0, FP32,
+     "in its slowest sample (1.07x)"),
+    ({"32-true channels_last": 10, f"{BF16} channels_last": 20}, 1.0, 0.05, FP32,
+     "features differ by 5.0%"),
+    ({"32-true channels_last": 10, "32-true contiguous": 12}, 1.0, 0.0, FP32, "not measured"),
 ])
-def test_auto_precision(monkeypatch, cuda, cuda_bf16, cpu_bf16, accelerator, expected):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(hardware, "cpu_runs_bf16_fast", lambda flags=None: cpu_bf16)
-    assert hardware.auto_precision(accelerator) == expected
-    assert hardware.resolve_precision("auto", accelerator) == expected
-    assert hardware.resolve_precision("32-true", accelerator) == "32-true"
+def test_precision_decision_on_fake_timings(rates, spread, error, expected, why):
+    calibration = Calibration(device="test", img_per_s=rates,
+                              spread={f"{BF16} channels_last": spread},
+                              feature_error={BF16: error})
+    choice = hardware.choose_precision(calibration, BF16)
+    assert choice.precision == expected and why in choice.why
+    if "32-true contiguous" in rates:
+        assert choice.channels_last is False  # the faster layout measured
+    assert hardware.choose_precision(calibration, None).precision == FP32  # fp32-only devices
 
 
-@pytest.mark.parametrize("cpu_bf16", [True, False])
-def test_config_precision_auto_and_explicit_override(tiny_data, tmp_path, monkeypatch, cpu_bf16):
-    monkeypatch.setattr(hardware, "cpu_runs_bf16_fast", lambda flags=None: cpu_bf16)
-    cfg = compose_train(tiny_overrides(tiny_data), run_dir=tmp_path)
-    assert cfg.trainer.precision == "auto" and cfg.channels_last is True
-    trainer = instantiate(cfg.trainer)
-    assert trainer.precision == ("bf16-mixed" if cpu_bf16 else "32-true")
-    cfg = compose_train(tiny_overrides(tiny_data, **{"trainer.precision": "32-true"}),
+def test_decisions_are_cached_per_device_arch_and_size_and_explicit_values_win(tmp_path,
+                                                                             monkeypatch):
+    calls = []
+    real = hardware.calibrate
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, clock=net.clock, **kwargs)
+
+    monkeypatch.setattr(hardware, "calibrate", counting)
+    net = costed()
+    cache = SpeedCache(tmp_path / "speed.json")
+    first = hardware.choose_speed(net, 8, CPU, "costed", cache=cache)
+    assert (first.precision, first.channels_last) == (BF16, True) and calls == [8]
+    assert "precision auto: bf16-mixed (2.00x fp32; measured on" in first.notes[0]
+    assert "channels_last auto: true (channels_last 1.40x contiguous in bf16-mixed" in \
+        first.notes[1]
+    # The second run reads the cache, even if the machine would measure otherwise now.
+    net.costs[(BF16, True)] = net.costs[(BF16, False)] = 1.0
+    again = hardware.choose_speed(net, 8, CPU, "costed", cache=cache)
+    assert (again.precision, again.channels_last) == (BF16, True) and calls == [8]
+    assert f"cached in {cache.path}" in again.notes[0]
+    entries = json.loads(cache.path.read_text())
+    (key,) = entries
+    assert "costed" in key and "8px" in key and f"torch {torch.__version__}" in key
+    assert hardware.cpu_model() in key
+
+    other_size = hardware.choose_speed(net, 16, CPU, "costed", cache=cache)
+    assert other_size.precision == FP32 and calls == [8, 16]  # measured anew: bf16 slow now
+
+    explicit = hardware.choose_speed(net, 8, CPU, "costed", precision=FP32, channels_last=False,
+                                     cache=cache)
+    assert (explicit.precision, explicit.channels_last, explicit.notes) == (FP32, False, ())
+    resumed = hardware.choose_speed(net, 16, CPU, "costed", cache=cache,
+                                    resumed={"precision": BF16, "channels_last": False})
+    assert (resumed.precision, resumed.channels_last) == (BF16, False)
+    assert resumed.notes[:2] == (
+        "precision auto: bf16-mixed, kept from the checkpoint being resumed",
+        "channels_last auto: false, kept from the checkpoint being resumed")
+
+
+def test_an_incomplete_calibration_keeps_fp32_and_is_cached_all_the_same(tmp_path,
+                                                                         monkeypatch):
+    net = costed(fp32_cl=2.0, fp32=2.0, bf16_cl=1.0, bf16=1.0)  # bf16 would overrun 15 s
+    real = hardware.calibrate
+    monkeypatch.setattr(hardware, "calibrate",
+                        lambda *args, **kwargs: real(*args, clock=net.clock, **kwargs))
+    cache = SpeedCache(tmp_path / "speed.json")
+    settings = hardware.choose_speed(net, 8, CPU, "costed", cache=cache)
+    assert settings.precision == FP32
+    assert "bf16-mixed not measured: over the 15 s calibration budget" in settings.notes[0]
+    assert "incomplete (bf16-mixed channels_last, bf16-mixed contiguous over the time budget)" in \
+        settings.notes[0]
+    # Cached: the next run decides the same, even where it would have had time to measure.
+    net.costs.update({key: 0.01 for key in net.costs})
+    assert hardware.choose_speed(net, 8, CPU, "costed", cache=cache).precision == FP32
+
+
+def test_the_default_cache_is_in_the_users_cache_folder(_user_cache):
+    assert SpeedCache().path == _user_cache / "foodnet" / "speed.json"
+
+
+def test_train_config_measures_once_and_logs_its_decision(tiny_data, tmp_path, caplog,
+                                                         monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing measured yet
+    cfg = compose_train(tiny_overrides(tiny_data, **{"trainer.precision": "auto"}),
                         run_dir=tmp_path)
-    assert instantiate(cfg.trainer).precision == "32-true"
+    assert cfg.trainer.precision == "auto" and cfg.channels_last == "auto"
+    assert cfg.compile == "auto"
+    with caplog.at_level(logging.INFO):
+        _, module, trainer = build(cfg)
+        _, _, again = build(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision auto")]
+    assert len(lines) == 2 and "measured on" in lines[0] and "cached in" in lines[1]
+    assert str(trainer.precision) == str(again.precision)
+    assert str(trainer.precision) in lines[0]
+    compile_lines = [r.getMessage() for r in caplog.records
+                     if r.getMessage().startswith("compile auto")]
+    assert compile_lines[0].startswith("compile auto: off (not measured here yet; 120 backbone "
+                                       "passes")
+    assert module.net.frozen_forward is None
+    explicit = compose_train(tiny_overrides(tiny_data, **{"trainer.precision": "bf16-mixed",
+                                                          "channels_last": "false",
+                                                          "compile": "false"}),
+                             run_dir=tmp_path)
+    _, module, trainer = build(explicit)
+    assert trainer.precision == "bf16-mixed" and not module.channels_last
 
 
 def test_channels_last_module_gives_the_same_logits(tiny_data, tmp_path):
-    cfg = compose_train(tiny_overrides(tiny_data), run_dir=tmp_path)
+    cfg = compose_train(tiny_overrides(tiny_data, channels_last="true"), run_dir=tmp_path)
     _, module, _ = build(cfg)
     conv = module.net.backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
@@ -77,3 +220,134 @@ def test_auto_num_workers_uses_the_usable_cores(monkeypatch):
     monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(64)),
                         raising=False)
     assert hardware.auto_num_workers() == 8
+
+
+def test_cpu_flags_and_model_name(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2\n")
+    assert hardware.cpu_flags(cpuinfo) == {"fpu", "avx2"}
+    assert hardware.cpu_flags(tmp_path / "missing") == set()
+
+
+# ---------------------------------------------------------------- compile
+
+def tiny_backbone() -> nn.Module:
+    """Small enough to compile in seconds; BatchNorm with real statistics, which freezing folds."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 3, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    for param in net.parameters():
+        param.requires_grad = False
+    return net
+
+
+@pytest.mark.parametrize(("images", "measured", "expected", "why"), [
+    (1000, None, False, "too few to pay for a first compile"),
+    (40000, None, True, "enough to try"),
+    # measured: 1.5x at 10 s per 64 images eager, 60 s to compile
+    (64 * 10, CompileMeasurement(60, 10.0, 10 / 1.5, 64), False, "would save 33 s of 100 s"),
+    (64 * 100, CompileMeasurement(60, 10.0, 10 / 1.5, 64), True, "would save 333 s of 1000 s"),
+    (64 * 100, CompileMeasurement(60, 10.0, 12.0, 64), False, "0.83x eager"),
+])
+def test_compile_decision_on_fake_measurements(images, measured, expected, why):
+    chosen, reason = hardware.compile_pays_back(images, eager_img_per_s=100.0, measured=measured)
+    assert chosen is expected and why in reason
+
+
+def test_compiled_backbone_gives_the_eager_features_and_records_what_it_gained(tiny_data,
+                                                                               tmp_path):
+    from foodnet.data import FoodDataModule
+
+    backbone = tiny_backbone()
+    net = TransferNet(backbone, nn.Linear(16, 20), arch="tiny")
+    cache = SpeedCache(tmp_path / "speed.json")
+    speed = hardware.SpeedSettings(FP32, False, None)
+    assert use_compiled_backbone(net, True, images=80, speed=speed, image_size=32, batch_size=16,
+                                 device=CPU, cache=cache)
+    compiled = net.frozen_forward
+    assert isinstance(compiled, CompiledForward)
+    with torch.no_grad():  # a smaller batch first (a small validation set): eager, no compile
+        small = torch.randn(5, 3, 32, 32)
+        assert torch.equal(compiled(small), backbone(small)) and compiled.state == "new"
+    loader = FoodDataModule(tiny_data["train"], tiny_data["val"], classes=tiny_data["classes"],
+                            image_size=32, batch_size=16, num_workers=0).image_loader(
+        "train", augmented=False)
+    eager, labels = extract_features(backbone, loader)
+    fast, fast_labels = extract_features(backbone, loader, forward=compiled)
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
+    assert torch.equal(fast_labels, labels) and fast.shape == (80, 16)
+    # 5 batches of 16: compiled, timed compiled, timed eager, then the faster one
+    assert compiled.state in ("fast", "eager") and compiled.measurement.batch == 16
+    assert compiled.measurement.compile_s > 0
+    (entry,) = json.loads(cache.path.read_text()).values()
+    assert entry["measurement"]["batch"] == 16
+    # the head on them, in training (grad on, no_grad inside): the same compiled graph
+    x = next(iter(loader))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net.head(backbone(x)), atol=1e-4, rtol=1e-4)
+    # another batch shape runs eager instead of compiling again
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x[:5]), backbone(x[:5]))
+
+
+def test_a_compile_failure_warns_and_runs_eager(caplog):
+    backbone = tiny_backbone()
+
+    def broken_compiler(graph, example_inputs):
+        raise RuntimeError("this compiler cannot compile anything")
+
+    compiled = CompiledForward(backbone, backend=broken_compiler)
+    x = torch.randn(4, 3, 16, 16)
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        out = compiled(x)
+        again = compiled(x)
+    assert compiled.state == "eager"
+    assert "compiling the backbone failed" in caplog.text
+    assert "this compiler cannot compile anything" in caplog.text
+    with torch.no_grad():
+        assert torch.equal(out, backbone(x)) and torch.equal(again, out)
+
+
+def test_compile_true_with_a_trainable_backbone_is_a_config_error():
+    from foodnet.errors import ConfigError
+
+    net = TransferNet(tiny_backbone(), nn.Linear(16, 2), arch="tiny")
+    for param in net.backbone.parameters():
+        param.requires_grad = True
+    speed = hardware.SpeedSettings(FP32, False, None)
+    with pytest.raises(ConfigError, match="compile=true compiles the frozen backbone"):
+        use_compiled_backbone(net, True, images=10, speed=speed, image_size=16, batch_size=4,
+                              device=CPU)
+    assert not use_compiled_backbone(net, "auto", images=10, speed=speed, image_size=16,
+                                     batch_size=4, device=CPU)
+    with pytest.raises(ConfigError, match="compile='sometimes'"):
+        use_compiled_backbone(net, "sometimes", images=10, speed=speed, image_size=16,
+                              batch_size=4, device=CPU)
+
+
+def test_bf16_and_fp32_training_of_the_head_reach_the_same_accuracy(tiny_data, tmp_path):
+    """What choosing bf16 would change: the head trained on the same small set in each precision
+    (cached features, 40 epochs) ends at the same accuracy, far above chance (0.05)."""
+    from foodnet.train import train
+
+    accuracy = {}
+    for precision in (FP32, BF16):
+        overrides = tiny_overrides(tiny_data, **{
+            "trainer.precision": precision, "cache_features": "true",
+            "cache_dir": tmp_path / "cache", "trainer.max_epochs": 40, "data.augment": "false",
+            "model.optimizer.lr": 0.01, "data.batch_size": 80})
+        metrics = train(compose_train([*overrides, "~logger"], run_dir=tmp_path / precision))
+        checkpoint = torch.load(metrics["last_checkpoint"], weights_only=True)
+        assert checkpoint["speed"]["precision"] == precision
+        accuracy[precision] = metrics["val/acc_best"]
+    dtypes = {torch.load(path, weights_only=True)["features"].dtype
+              for path in (tmp_path / "cache").glob("train-*.pt")}
+    assert dtypes == {torch.float32, torch.bfloat16}  # each trained on its own features
+    assert accuracy[FP32] >= 0.3 and accuracy[BF16] >= 0.3, accuracy
+    assert abs(accuracy[FP32] - accuracy[BF16]) <= 0.1, accuracy

@@ -45,7 +45,8 @@ def test_multirun_jobs_are_mlflow_runs_of_one_experiment(tiny_data, tmp_path):
         # Params: the composed config, flattened under the override names.
         params = run.data.params
         assert params["model.optimizer.lr"] == lr
-        assert params["model.arch"] == "resnet18" and params["data.image_size"] == "32"
+        assert params["model.arch"] == "resnet18"
+        assert params["model.preprocessing.image_size"] == "32"
         assert params["trainer.max_epochs"] == "2" and params["seed"] == "42"
         assert params["logger.mlflow.tracking_uri"] == "sqlite:///outputs/mlflow.db"
         assert "class_names" not in params and "arch" not in params  # not the module's hparams

@@ -20,8 +20,8 @@ from foodnet.data.demo import make_demo_dataset
 from foodnet.sweep import summarize
 
 STUDY = "test"
-TINY = ["data.image_size=32", "data.num_workers=0", "model.arch=resnet18", "model.weights=null",
-        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+TINY = ["model.preprocessing.image_size=32", "data.num_workers=0", "model.arch=resnet18",
+        "model.weights=null", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false"]
 
 

@@ -121,3 +121,23 @@ def test_image_list_lines_with_or_without_labels(tiny_checkpoint, photo_folder, 
     assert [r["path"] for r in records] == [str(images[0]), str(images[1])]
     expected = checkpoint_probs(tiny_checkpoint, images[:2]).argmax(dim=1)
     assert torch.equal(torch.tensor([r["predictions"][0]["label"] for r in records]), expected)
+
+
+def test_decoding_in_worker_processes_gives_the_same_predictions_in_order(tiny_checkpoint,
+                                                                         photo_folder):
+    from foodnet.inference.inputs import collect_images
+    from foodnet.inference.predictor import open_classifier, predict_images
+
+    classifier = open_classifier(tiny_checkpoint, device="cpu")
+    paths = collect_images([photo_folder])  # 5 photos and a corrupt one, in 3 batches of 2
+    serial = list(predict_images(classifier, paths, batch_size=2, num_workers=0))
+    parallel = list(predict_images(classifier, paths, batch_size=2, num_workers=2))
+    assert [p.path for p in parallel] == [p.path for p in serial] == paths
+    assert [p.error for p in parallel] == [p.error for p in serial]
+    assert sum(p.error is not None for p in parallel) == 1
+    for a, b in zip(parallel, serial, strict=True):
+        if a.probs is not None:
+            torch.testing.assert_close(a.probs, b.probs)
+    by_hand = checkpoint_probs(tiny_checkpoint, [p.path for p in serial if p.error is None])
+    torch.testing.assert_close(torch.stack([p.probs for p in parallel if p.error is None]),
+                               by_hand, atol=1e-5, rtol=1e-4)

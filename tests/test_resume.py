@@ -134,3 +134,23 @@ def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
     callback.load_state_dict(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert torch.equal(torch.rand(3), expected[0])
     assert (random.random(), np.random.rand()) == expected[1:]
+
+
+def test_a_resumed_run_keeps_the_precision_and_layout_it_started_with(tiny_data, tmp_path,
+                                                                      caplog):
+    import logging
+
+    run_dir = tmp_path / "run"
+    started = {"trainer.precision": "bf16-mixed", "channels_last": "false"}
+    train(compose_train(run_overrides(tiny_data, **started, **{"trainer.max_epochs": 1}),
+                        run_dir=run_dir))
+    # Resumed with the defaults (auto): the checkpoint's settings, not what auto measures.
+    with caplog.at_level(logging.INFO):
+        metrics = train(compose_train(run_overrides(tiny_data, ckpt_path="last",
+                                                    **{"trainer.max_epochs": 2}),
+                                      run_dir=run_dir))
+    assert metrics["epochs"] == 2
+    assert "precision auto: bf16-mixed, kept from the checkpoint being resumed" in caplog.text
+    assert "channels_last auto: false, kept from the checkpoint being resumed" in caplog.text
+    speed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["speed"]
+    assert speed == {"precision": "bf16-mixed", "channels_last": False}

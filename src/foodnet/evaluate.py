@@ -57,6 +57,7 @@ def _evaluate(cfg: DictConfig) -> dict:
     from foodnet.reports.evaluation import Evaluator, IndexedDataset, write_misclassified
     from foodnet.reports.figures import confusion_matrix_figure
     from foodnet.reports.metrics import classification_report, confusion_matrix
+    from foodnet.training.trainer import speed_settings
 
     if not cfg.get("ckpt_path"):
         raise ConfigError("set ckpt_path=/path/to/model.ckpt (the checkpoint to evaluate)")
@@ -83,8 +84,13 @@ def _evaluate(cfg: DictConfig) -> dict:
                         num_workers=workers, pin_memory=torch.cuda.is_available(),
                         worker_init_fn=ignore_stop_signals)
 
+    speed = speed_settings(net, preprocessing.image_size, cfg.trainer.accelerator,
+                           cfg.trainer.precision, cfg.get("channels_last", "auto"))
+    if speed.channels_last:
+        net.to(memory_format=torch.channels_last)
     evaluator = Evaluator(net)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    trainer: L.Trainer = instantiate(cfg.trainer, precision=speed.precision, logger=False,
+                                     callbacks=[])
     trainer.test(evaluator, dataloaders=loader, verbose=False)
     if len(evaluator.labels) != len(samples):
         raise ConfigError(f"evaluated {len(evaluator.labels)} of {len(samples)} images: drop "

@@ -37,6 +37,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def workers_option(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: use auto or a number of processes >= 0")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m foodnet.predict", description=__doc__.split("\n\n")[0],
@@ -49,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="classes per image, most probable first (capped at the class count)")
     parser.add_argument("--format", choices=("json", "csv"), default="json")
     parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--workers", type=workers_option, default="auto",
+                        help="processes decoding images while the model runs (auto: one per "
+                             "usable core, at most 8; 0: decode in the main process)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available")
     parser.add_argument("--out", type=Path, help="write here instead of stdout")
@@ -56,12 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def predict_records(classifier: Classifier, paths: list[Path], topk: int,
-                    batch_size: int) -> list[dict]:
+                    batch_size: int, num_workers: int | str = "auto") -> list[dict]:
     """One record per image: {"path", "predictions": [{"label", "class", "prob"}]} (+ "error")."""
     from foodnet.inference.predictor import predict_images, prediction_record
 
     records = []
-    for prediction in predict_images(classifier, paths, batch_size):
+    for prediction in predict_images(classifier, paths, batch_size, num_workers):
         if prediction.error is not None:
             log.error("error: %s", prediction.error)
         records.append(prediction_record(prediction, classifier.info.class_names, topk))
@@ -94,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.out)
     classifier = open_classifier(args.model, device=args.device)
     paths = collect_images(args.inputs)
-    records = predict_records(classifier, paths, args.topk, args.batch_size)
+    records = predict_records(classifier, paths, args.topk, args.batch_size, args.workers)
     failed = sum("error" in r for r in records)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

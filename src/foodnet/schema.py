@@ -92,7 +92,8 @@ class CommonSchema:
 @dataclass
 class TrainSchema(CommonSchema):
     seed: int = MISSING
-    channels_last: bool = MISSING
+    channels_last: Any = MISSING  # auto, true or false (checked in check_config)
+    compile: Any = MISSING  # auto, true or false
     cache_features: bool = MISSING
     cache_views: int = MISSING
     cache_dir: str = MISSING
@@ -123,6 +124,8 @@ _RANGES = {
     "trainer.max_epochs": (int, lambda v: v >= 1, "a positive integer"),
     "cache_views": (int, lambda v: v >= 1, "a positive integer"),
 }
+# Keys that are `auto` (measured on this machine, foodnet.hardware) or a plain true/false.
+_AUTO_OR_BOOL = ("channels_last", "compile")
 
 
 def check_config(cfg: DictConfig, schema: type) -> DictConfig:
@@ -157,6 +160,10 @@ def check_config(cfg: DictConfig, schema: type) -> DictConfig:
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool) or not test(value):
             raise ConfigError(f"{key}={given!r}: expected {wanted}")
+    for key in _AUTO_OR_BOOL:
+        value = OmegaConf.select(typed, key, default=None)
+        if value is not None and value != "auto" and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected auto, true or false")
     result = OmegaConf.create(OmegaConf.to_container(typed))
     OmegaConf.set_struct(result, True)
     return result

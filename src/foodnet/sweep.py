@@ -141,7 +141,7 @@ def render_table(jobs: list[JobResult]) -> list[str]:
              "|" + " --- |" * (5 + len(varying))]
     for j in jobs:
         chosen = dict(o.partition("=")[::2] for o in j.overrides)
-        row = [str(j.job), j.status + (" (best)" if j is best else ""), _fmt(j.best_val_acc),
+        row = [str(j.job), _status(j) + (" (best)" if j is best else ""), _fmt(j.best_val_acc),
                _fmt(j.test_acc), *[chosen.get(k, "") for k in varying], f"`{j.run_dir}`"]
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     return lines
@@ -162,18 +162,7 @@ def render_markdown(jobs: list[JobResult], sweep_dir: Path) -> str:
                      f"`{_swept(best, varying)}`, run dir `{best.run_dir}`.")
     if common:
         lines.append(f"Common overrides: `{' '.join(common)}`.")
-<<<<<<< HEAD
-    lines += ["", "| " + " | ".join(["job", "status", VAL_ACC_BEST, TEST_ACC, *varying,
-                                      "run dir"]) + " |",
-              "|" + " --- |" * (5 + len(varying))]
-    for j in jobs:
-        chosen = dict(o.partition("=")[::2] for o in j.overrides)
-        row = [str(j.job), _status(j) + (" (best)" if j is best else ""), _fmt(j.best_val_acc),
-               _fmt(j.test_acc), *[chosen.get(k, "") for k in varying], f"`{j.run_dir}`"]
-        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
-=======
     lines += ["", *render_table(jobs)]
->>>>>>> transfer
     if failed:
         lines += ["", "## Failed or unfinished jobs", ""]
         lines += [f"- job {j.job} ({j.status}, `{j.run_dir}`): {_cell(j.error)}" for j in failed]
@@ -187,15 +176,9 @@ def summarize(sweep_dir: str | Path) -> list[JobResult]:
     write_csv(jobs, sweep_dir / "summary.csv")
     (sweep_dir / "summary.md").write_text(render_markdown(jobs, sweep_dir), encoding="utf-8")
     best = best_job(jobs)
-<<<<<<< HEAD
     failed = [j for j in jobs if j.status not in ENDED]
-    log.info("sweep summary: %s (%d jobs, %d failed or unfinished)", sweep_dir / "summary.md",
-             len(jobs), len(failed))
-=======
-    failed = [j for j in jobs if j.status != "completed"]
     log.info("sweep summary: %s (%d jobs, %d failed or unfinished)\n%s", sweep_dir / "summary.md",
              len(jobs), len(failed), "\n".join(render_table(jobs)))
->>>>>>> transfer
     for j in failed:
         log.warning("  job %s %s: %s", j.job, j.status, j.error)
     if best is None:

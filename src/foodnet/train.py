@@ -32,13 +32,18 @@ log = logging.getLogger(__name__)
 
 
 def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
-    """Instantiate the datamodule, the LightningModule and the Trainer from a composed config."""
+    """Instantiate the datamodule, the LightningModule and the Trainer from a composed config,
+    with this machine's speed settings resolved for the run's backbone."""
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from foodnet.hardware import resolve_device
+    from foodnet.models.checkpoint import read_checkpoint
     from foodnet.models.transfer import create_model
     from foodnet.training.finetune import create_finetuning, freezes_backbone
-    from foodnet.training.module import FoodClassifier
+    from foodnet.training.module import SPEED_KEY, FoodClassifier
+    from foodnet.training.resume import resolve_ckpt_path
+    from foodnet.training.trainer import speed_settings, use_compiled_backbone
 
     finetune_options = OmegaConf.to_container(cfg.finetune, resolve=True)
     strategy = finetune_options.pop("strategy")
@@ -51,6 +56,17 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
     log.info("preprocessing: %s", preprocessing.describe())
     # Partial, then called: instantiate would turn the record (a dataclass) into a DictConfig.
     datamodule: FoodDataModule = _instantiate(cfg.data, _partial_=True)(preprocessing=preprocessing)
+    callbacks = [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if finetuning is not None:
+        callbacks.append(finetuning)
+    # A resumed run keeps its precision and layout: read them before the Trainer is built.
+    checkpoint_callback = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_callback)
+    resumed = read_checkpoint(ckpt_path) if ckpt_path is not None else None
+    speed = speed_settings(net, preprocessing.image_size, cfg.trainer.accelerator,
+                           cfg.trainer.precision, cfg.get("channels_last", "auto"),
+                           cfg.get("compile", False),
+                           resumed=resumed.get(SPEED_KEY) if resumed else None)
     module = FoodClassifier(net, optimizer=instantiate(cfg.model.optimizer),
                             class_names=datamodule.class_names, preprocessing=preprocessing,
                             scheduler=instantiate(cfg.scheduler.schedule),
@@ -58,15 +74,47 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
                             label_smoothing=cfg.model.label_smoothing,
                             class_weights=_class_weights(cfg.model.class_weights, datamodule,
                                                          cfg.model.num_classes),
-                            channels_last=cfg.get("channels_last", False))
-    callbacks = [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    if finetuning is not None:
-        callbacks.append(finetuning)
+                            channels_last=speed.channels_last)
     loggers = [_instantiate(c) for c in (cfg.get("logger") or {}).values()]
     if not loggers:  # `~logger`: the learning-rate monitor has nowhere to write and would refuse
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = _instantiate(cfg.trainer, precision=speed.precision,
+                                      callbacks=callbacks, logger=loggers or False)
+    if cfg.get("compile", False) is not False:
+        use_compiled_backbone(net, cfg.compile, images=_backbone_passes(cfg, trainer, resumed),
+                              speed=speed, image_size=preprocessing.image_size,
+                              batch_size=cfg.data.batch_size,
+                              device=resolve_device(cfg.trainer.accelerator))
     return datamodule, module, trainer
+
+
+def _backbone_passes(cfg: DictConfig, trainer: L.Trainer, resumed: dict | None) -> int:
+    """About how many images the frozen backbone will see in this run (what compiling can speed
+    up): cache_features: each split once (train once per view); otherwise the train set every
+    epoch left and the validation set once (its features are computed once)."""
+    from foodnet.training.resume import epochs_trained
+
+    if cfg.finetune.strategy != "freeze":
+        return 0
+    if trainer.fast_dev_run or trainer.limit_train_batches != 1.0:
+        return 0  # a partial run (debug): not worth a compile
+    sizes = {split: _count_lines(cfg.data.get(f"{split}_manifest"))
+             for split in ("train", "val", "test")}
+    if cfg.get("cache_features"):
+        return sizes["train"] * cfg.get("cache_views", 1) + sizes["val"] + sizes["test"]
+    epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 \
+        else 1
+    return sizes["train"] * max(epochs - (epochs_trained(resumed) if resumed else 0), 0) + \
+        sizes["val"]
+
+
+def _count_lines(manifest: str | None) -> int:
+    """A manifest's sample lines, counted without validating them (setup does that later)."""
+    try:
+        with open(manifest, encoding="utf-8-sig") as handle:
+            return sum(1 for line in handle if line.strip() and not line.lstrip().startswith("#"))
+    except (OSError, TypeError):  # none given, or missing: setup reports it
+        return 0
 
 
 def _instantiate(node, **kwargs):

@@ -3,16 +3,19 @@ predict class probabilities in batches."""
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from foodnet.data.images import load_rgb
 from foodnet.errors import ConfigError, ImageLoadError, ModelFileError
+from foodnet.hardware import auto_num_workers, cached_layout
 from foodnet.inference.export_format import info_from_sidecar, read_sidecar, sidecar_path
 from foodnet.models.checkpoint import ModelInfo, load_model
 
@@ -34,17 +37,22 @@ class TorchClassifier(Classifier):
     """A checkpoint's network (logits, softmax applied here) or a torch.export program (probs)."""
 
     def __init__(self, module: nn.Module, info: ModelInfo, source: Path, outputs_probs: bool,
-                 device: torch.device):
+                 device: torch.device, channels_last: bool = False):
         super().__init__(info, source)
         # An exported program is traced in eval mode and refuses .eval(); a network needs it.
         self.module = module if isinstance(module, torch.fx.GraphModule) \
             else module.to(device).eval()
         self.outputs_probs = outputs_probs
         self.device = device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.module.to(memory_format=self.memory_format)
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        out = self.module(batch.to(self.device)).float()
+        batch = batch.to(self.device, non_blocking=True)
+        batch = batch.contiguous(memory_format=self.memory_format)
+        out = self.module(batch).float()
         return (out if self.outputs_probs else out.softmax(dim=1)).cpu()
 
 
@@ -101,7 +109,10 @@ def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
         raise ModelFileError(f"{path}: no {sidecar_path(path).name} next to it, so its "
                              "preprocessing is unknown; python -m foodnet.export writes both")
     net, info = load_model(path)  # CheckpointError names the file
-    return TorchClassifier(net, info, path, outputs_probs=False, device=torch_device)
+    # The layout a training run measured faster on this machine (hardware.py), else the default.
+    channels_last = bool(cached_layout(torch_device, info.arch, info.preprocessing.image_size))
+    return TorchClassifier(net, info, path, outputs_probs=False, device=torch_device,
+                           channels_last=channels_last)
 
 
 @dataclass(frozen=True)
@@ -113,24 +124,52 @@ class Prediction:
     error: str | None = None
 
 
-def predict_images(classifier: Classifier, paths: Sequence[Path],
-                   batch_size: int) -> Iterator[Prediction]:
-    """Predict in input order; an unreadable image yields its error and the batch goes on."""
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        results: list[Prediction | None] = [None] * len(chunk)
-        tensors, slots = [], []
-        for slot, path in enumerate(chunk):
-            try:
-                tensors.append(classifier.transform(load_rgb(path)))
-                slots.append(slot)
-            except ImageLoadError as err:
-                results[slot] = Prediction(path, None, str(err))
-        if tensors:
-            probs = classifier.probabilities(torch.stack(tensors))
-            for slot, row in zip(slots, probs, strict=True):
-                results[slot] = Prediction(chunk[slot], row)
-        yield from results
+class ImageFiles(Dataset):
+    """Images by path, decoded and transformed (in loader workers); an unreadable one is its
+    error message instead of a tensor, so that one bad file never stops a batch."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return index, self.transform(load_rgb(self.paths[index])), None
+        except ImageLoadError as err:
+            return index, None, str(err)
+
+
+def collate_images(items: list) -> tuple[list[int], torch.Tensor | None, dict[int, str]]:
+    """(indices of the decoded images, their batch, {index: error} of the others)."""
+    good = [(index, tensor) for index, tensor, _ in items if tensor is not None]
+    errors = {index: error for index, tensor, error in items if tensor is None}
+    batch = torch.stack([tensor for _, tensor in good]) if good else None
+    return [index for index, _ in good], batch, errors
+
+
+def predict_images(classifier: Classifier, paths: Sequence[Path], batch_size: int,
+                   num_workers: int | str = "auto") -> Iterator[Prediction]:
+    """Predict in input order, in batches; decoding runs in `num_workers` loader processes
+    (auto: one per usable core) while the model runs. An unreadable image yields its error and
+    the batch goes on."""
+    batches = math.ceil(len(paths) / batch_size)
+    workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
+    # One batch has nothing to overlap with: starting workers would only cost time.
+    workers = min(workers, batches) if batches > 1 else 0
+    loader = DataLoader(ImageFiles(paths, classifier.transform), batch_size=batch_size,
+                        num_workers=workers, collate_fn=collate_images,
+                        pin_memory=torch.cuda.is_available())
+    for indices, batch, errors in loader:
+        probs = dict(zip(indices, classifier.probabilities(batch), strict=True)) \
+            if batch is not None else {}
+        for index in sorted([*indices, *errors]):
+            if index in errors:
+                yield Prediction(paths[index], None, errors[index])
+            else:
+                yield Prediction(paths[index], probs[index])
 
 
 def prediction_record(prediction: Prediction, class_names: Sequence[str], topk: int,

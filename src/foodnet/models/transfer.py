@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -24,6 +26,9 @@ class TransferNet(nn.Module):
         self.head = head
         self.arch = arch
         self.preprocessing = preprocessing
+        # What runs the frozen backbone, when not the module itself: a compiled forward
+        # (hardware.CompiledForward). A plain callable, not a submodule: the state_dict is the same.
+        self.frozen_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def num_features(self) -> int:
@@ -41,7 +46,7 @@ class TransferNet(nn.Module):
         # A frozen backbone needs no autograd graph: skipping it saves memory and time.
         if self.backbone_frozen:
             with torch.no_grad():
-                return self.backbone(x)
+                return (self.frozen_forward or self.backbone)(x)
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -65,12 +65,19 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@torch.inference_mode()
+# no_grad rather than inference_mode: the grad mode of TransferNet.features in training, so that
+# a compiled backbone (hardware.CompiledForward) serves both without compiling twice.
+@torch.no_grad()
 def extract_features(backbone: nn.Module, loader: Iterable, *, device: torch.device | str = "cpu",
                      forward_context: Callable[[], contextlib.AbstractContextManager] = (
                          contextlib.nullcontext),
-                     channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the backbone in eval mode over (images, labels) batches -> features (N, F), labels."""
+                     channels_last: bool = False,
+                     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the backbone in eval mode over (images, labels) batches -> features (N, F), labels.
+
+    `forward` runs it when given (a compiled forward of the same backbone)."""
+    forward = forward or backbone
     was_training = backbone.training
     backbone.eval()
     features, labels = [], []
@@ -80,7 +87,7 @@ def extract_features(backbone: nn.Module, loader: Iterable, *, device: torch.dev
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with forward_context():
-                features.append(backbone(images).cpu())
+                features.append(forward(images).cpu())
             labels.append(torch.as_tensor(targets))
     finally:
         backbone.train(was_training)
@@ -185,7 +192,8 @@ def attach_features(datamodule: FoodDataModule, net: TransferNet, splits: Iterab
         if feature_set is None:
             feature_set = extract_views(net.backbone, loader, views, seed=seed,
                                         device=device, forward_context=forward_context,
-                                        channels_last=channels_last)
+                                        channels_last=channels_last,
+                                        forward=net.frozen_forward)
             if cache is not None:
                 cache.save(path, feature_set, {"split": split, "arch": net.arch,
                                                "views": views, "precision": precision})

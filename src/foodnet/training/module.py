@@ -40,6 +40,9 @@ def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[floa
     return torch.where(counts > 0, weights, 0.0).tolist()
 
 
+SPEED_KEY = "speed"  # the checkpoint's record of the run's precision and memory layout
+
+
 class FoodClassifier(L.LightningModule):
     """Trains a TransferNet; frozen parts stay in eval mode so BatchNorm statistics never drift."""
 
@@ -65,7 +68,7 @@ class FoodClassifier(L.LightningModule):
         self.preprocessing = preprocessing or net.preprocessing
         # Plain values only, so checkpoints load with weights_only=True; they are what
         # evaluate/predict/export need to rebuild the network and its preprocessing. Not sent to
-        # the loggers: a run's params there are its composed config (foodnet.tracking).
+        # the loggers: a run's params there are its composed config (foodnet.training.tracking).
         self.save_hyperparameters({
             "arch": net.arch, "num_classes": net.num_classes, "class_names": self.class_names,
             "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None},
@@ -181,6 +184,12 @@ class FoodClassifier(L.LightningModule):
         names = self.class_names or [str(i) for i in range(len(confusion))]
         self.test_per_class_acc = per_class_accuracy(confusion, names)
         self.test_confusion.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A resumed run keeps the precision and layout it started with (train.py reads them
+        # back), whatever `auto` would measure now: the same numerics as an uninterrupted run.
+        checkpoint[SPEED_KEY] = {"precision": str(self.trainer.precision),
+                                 "channels_last": self.channels_last}
 
     def configure_optimizers(self):
         trainable = [p for p in self.parameters() if p.requires_grad]

@@ -9,6 +9,7 @@ in-process.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,8 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from foodnet.reports.figures import confusion_matrix_figure, figure_to_array, image_grid_figure
 from foodnet.training.tracking import mlflow_loggers
+
+log = logging.getLogger(__name__)
 
 
 def tensorboard_loggers(trainer: L.Trainer) -> list[TensorBoardLogger]:
@@ -76,7 +79,11 @@ class SpeedMonitor(L.Callback):
 
 
 class AugmentedSamples(L.Callback):
-    """Log the first training batch, as the network sees it after augmentation, once per fit."""
+    """Log the first training batch, as the network sees it after augmentation, once per fit.
+
+    A run on cached backbone features (cache_features=true) trains on feature vectors, not
+    images: there is nothing to show, which the log says once.
+    """
 
     def __init__(self, max_images: int = 16, tag: str = "train/augmented_samples"):
         self.max_images = max_images
@@ -91,7 +98,9 @@ class AugmentedSamples(L.Callback):
         if not loggers:
             return
         x, y = batch[0][: self.max_images], batch[1][: self.max_images]
-        if x.ndim != 4:  # cache_features serves pooled features (N, F): there is no image to show
+        if x.ndim != 4:  # (N, features): the frozen backbone's output, served from the cache
+            log.info("%s: not logged, this run trains the head on cached backbone features, "
+                     "not on images", self.tag)
             return
         hparams = pl_module.hparams  # the preprocessing the data was given, saved by the module
         preprocessing = hparams.get("preprocessing") or {}

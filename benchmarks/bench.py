@@ -113,13 +113,23 @@ def run_seed(args, data: Path, t0: float, turns) -> dict:
     from torchvision import models, transforms
 
     size = args.image_size
-    resnet_model = models.get_model(args.arch, weights=None)  # the seed: weights=DEFAULT
-    if args.weights:
-        resnet_model.load_state_dict(torch.load(args.weights, map_location="cpu",
-                                                weights_only=True))
-    for param in resnet_model.parameters():
-        param.requires_grad = False
-    resnet_model.fc = nn.Linear(resnet_model.fc.in_features, 20)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    if args.arch in models.list_models(module=models):
+        resnet_model = models.get_model(args.arch, weights=None)  # the seed: weights=DEFAULT
+        if args.weights:
+            resnet_model.load_state_dict(torch.load(args.weights, map_location="cpu",
+                                                    weights_only=True))
+        for param in resnet_model.parameters():
+            param.requires_grad = False
+        resnet_model.fc = nn.Linear(resnet_model.fc.in_features, 20)
+    else:  # the accuracy runs (EfficientNet-Lite0): foodnet builds the backbone and its weights
+        from foodnet.models.backbones import create_backbone
+
+        backbone = create_backbone(args.arch, args.weights)
+        for param in backbone.net.parameters():
+            param.requires_grad = False
+        resnet_model = nn.Sequential(backbone.net, nn.Linear(backbone.num_features, 20))
+        mean, std = list(backbone.preprocessing.mean), list(backbone.preprocessing.std)
     params_to_update = [p for p in resnet_model.parameters() if p.requires_grad]
     data_transforms = {
         "train": transforms.Compose([
@@ -128,10 +138,10 @@ def run_seed(args, data: Path, t0: float, turns) -> dict:
             transforms.RandomVerticalFlip(p=0.5),
             transforms.ColorJitter(brightness=0.2, contrast=0.1, saturation=0.1, hue=0.1),
             transforms.RandomGrayscale(p=0.1), transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]),
+            transforms.Normalize(mean, std)]),
         "valid": transforms.Compose([
             transforms.Resize([size, size]), transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]),
+            transforms.Normalize(mean, std)]),
     }
 
     class food_dataset(Dataset):  # noqa: N801 (the seed's name)
@@ -436,7 +446,10 @@ def run_interleaved(args, names: dict[str, list[str]], data: Path, work: Path) -
 
 
 def _child_args(args) -> list[str]:
-    weights = ["--weights", str(Path(args.weights).resolve())] if args.weights else []
+    weights = []
+    if args.weights:  # a file (made absolute: children run elsewhere) or a name (DEFAULT)
+        path = Path(args.weights)
+        weights = ["--weights", str(path.resolve()) if path.is_file() else args.weights]
     return [*weights, "--epochs", str(args.epochs), "--arch", args.arch, "--image-size",
             str(args.image_size), "--batch-size", str(args.batch_size), "--device", args.device,
             "--forward-batch", str(args.forward_batch), "--forward-budget",

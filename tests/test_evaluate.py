@@ -105,6 +105,23 @@ def test_missing_inputs_name_the_fix(tiny_data, tmp_path):
         evaluate(compose_eval(quiet(ckpt_path=missing), tmp_path))
 
 
+def test_a_worker_error_exits_2_and_the_process_ends(tiny_data, tiny_checkpoint, tmp_path):
+    """The error leaves a loader worker running (its iterator is held by the traceback); the
+    worker ignores SIGTERM, so without foodnet.data.dataset.end_workers_at_exit the process
+    would wait for it forever at exit, after printing its error."""
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    manifest = tmp_path / "test.txt"
+    manifest.write_text(f"{tiny_data['test'].parent / 'images/test/red-disk_000.jpg'} 0\n{bad} 3\n")
+    overrides = quiet(ckpt_path=tiny_checkpoint, **{"data.test_manifest": manifest,
+                                                    "data.num_workers": 1})
+    result = subprocess.run(
+        [sys.executable, "-m", "foodnet.evaluate", *overrides, f"hydra.run.dir={tmp_path / 'e'}"],
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"{manifest}:2: not an image" in result.stderr
+
+
 def test_unreadable_image_stops_with_its_manifest_line(tiny_data, tiny_checkpoint, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")

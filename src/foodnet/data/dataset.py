@@ -9,8 +9,12 @@ clean ImageLoadError naming the manifest line and the path, or log it once, coun
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing
+import multiprocessing.util  # registers its exit cleanup before ours: ours runs first (LIFO)
 import signal
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +40,31 @@ def ignore_stop_signals(worker_id: int) -> None:
     for name in STOP_SIGNALS:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def end_workers_at_exit(grace_s: float = 1.0) -> None:
+    """At interpreter exit, multiprocessing terminates (SIGTERM) the daemonic children still
+    running, then waits for each. A loader worker still alive then (its iterator kept by a
+    traceback, or by an object in a reference cycle) ignores SIGTERM, so that wait would never
+    end. Registered below with atexit, this runs just before: it terminates them too, and kills
+    those still running after `grace_s`."""
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if not children:
+        return
+    # torch's SIGCHLD handler would report each killed worker as a loader failure.
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        child.join(max(deadline - time.monotonic(), 0.0))
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+atexit.register(end_workers_at_exit)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import torch
-from conftest import compose_train, tiny_overrides
+from conftest import compose_train, seed_preprocessing, tiny_overrides
 from torch import nn
 
 from foodnet import hardware
@@ -276,7 +276,8 @@ def test_compiled_backbone_gives_the_eager_features_and_records_what_it_gained(t
         small = torch.randn(5, 3, 32, 32)
         assert torch.equal(compiled(small), backbone(small)) and compiled.state == "new"
     loader = FoodDataModule(tiny_data["train"], tiny_data["val"], classes=tiny_data["classes"],
-                            image_size=32, batch_size=16, num_workers=0).image_loader(
+                            preprocessing=seed_preprocessing(32), batch_size=16,
+                            num_workers=0).image_loader(
         "train", augmented=False)
     eager, labels = extract_features(backbone, loader)
     fast, fast_labels = extract_features(backbone, loader, forward=compiled)

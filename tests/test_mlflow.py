@@ -36,6 +36,8 @@ def test_multirun_jobs_are_mlflow_runs_of_one_experiment(tiny_data, tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     by_dir = {run.data.tags["run_dir"]: run for run in runs}
     assert sorted(by_dir) == [str(sweep_dir / "0"), str(sweep_dir / "1")]  # one run per job
+    # Named after their folders (MLflow's random names, from the seeded `random`, would repeat).
+    assert {run.info.run_name for run in runs} == {"sweep/0", "sweep/1"}
     for job, lr in (("0", "0.001"), ("1", "0.01")):
         job_dir = sweep_dir / job
         run = by_dir[str(job_dir)]

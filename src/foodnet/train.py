@@ -43,6 +43,7 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
     from foodnet.training.finetune import create_finetuning, freezes_backbone
     from foodnet.training.module import SPEED_KEY, FoodClassifier
     from foodnet.training.resume import resolve_ckpt_path
+    from foodnet.training.tracking import default_run_name
     from foodnet.training.trainer import speed_settings, use_compiled_backbone
 
     finetune_options = OmegaConf.to_container(cfg.finetune, resolve=True)
@@ -75,7 +76,9 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
                             class_weights=_class_weights(cfg.model.class_weights, datamodule,
                                                          cfg.model.num_classes),
                             channels_last=speed.channels_last)
-    loggers = [_instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    run_dir = Path(cfg.paths.output_dir)
+    loggers = [_instantiate(c, **default_run_name(c, run_dir))
+               for c in (cfg.get("logger") or {}).values()]
     if not loggers:  # `~logger`: the learning-rate monitor has nowhere to write and would refuse
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = _instantiate(cfg.trainer, precision=speed.precision,

@@ -32,6 +32,17 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def default_run_name(logger_config: Mapping[str, Any], run_dir: Path) -> dict[str, str]:
+    """`run_name` for an MLflow logger whose config gives none: the run folder's last two parts
+    (`train/2026-12-01_10-00-00`; a multirun job: `<sweep time>/<job>`). MLflow's own random
+    names come from Python's `random`, which the run has just seeded: every job of a sweep would
+    get the same one."""
+    if str(logger_config.get("_target_", "")).endswith("MLFlowLogger") and \
+            logger_config.get("run_name") is None:
+        return {"run_name": f"{run_dir.parent.name}/{run_dir.name}"}
+    return {}
+
+
 def log_params(loggers: Iterable[Logger], config: Mapping[str, Any]) -> None:
     """Log a (resolved, plain) config as flat params to every MLflow logger."""
     params = flatten(config)

@@ -139,6 +139,7 @@ def test_03_offline_weights_message_names_both_ways():
     ({"+model.lr": 0.5}, "model.lr: no such setting"),
     ({"+data.batchsize": 8}, "data.batchsize: no such setting"),
     ({"data.num_workers": -1}, "data.num_workers=-1: expected auto or an integer >= 0"),
+    ({"backbone_batch": 0}, "backbone_batch=0: expected auto or a positive integer"),
 ])
 def test_04_bad_values_fail_naming_the_key(tiny_data, tmp_path, override, message):
     cfg = compose_train(tiny_overrides(tiny_data, **override), run_dir=tmp_path)

@@ -315,6 +315,83 @@ def test_compiled_backbone_gives_the_eager_features_and_records_what_it_gained(t
         torch.testing.assert_close(compiled(x[:5]), backbone(x[:5]))
 
 
+@pytest.mark.parametrize("per_image, cache, batch, expected", [
+    (4 * 2**20, 32 * 2**20, 64, 8),  # a ResNet152 at 256 px: 8 images fill a 32 MiB cache
+    (4 * 2**20, 32 * 2**20, 8, None),  # the batch fits: one pass
+    (2**18, 32 * 2**20, 64, None),  # a small network on small images: the whole batch
+    (64 * 2**20, 32 * 2**20, 64, 1),  # bigger than the cache: one image at a time
+    (4 * 2**20, None, 64, 8),  # cache size unknown: 32 MiB assumed
+])
+def test_pass_size_keeps_the_largest_activation_in_cache(per_image, cache, batch, expected):
+    assert hardware.pass_size(per_image, cache, batch) == expected
+
+
+def test_backbone_batch_measures_on_cpu_takes_the_whole_batch_on_gpu_and_explicit_wins():
+    backbone = tiny_backbone()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    backbone.train()
+    # conv1: 8 channels x 16 x 16 floats per image, the largest of tiny_backbone at 16 px
+    assert hardware.largest_activation(backbone, 16, CPU) == 8 * 16 * 16 * 4
+    assert backbone.training  # its mode is kept, and BatchNorm statistics did not move
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    size, why = hardware.backbone_batch("auto", CPU, 10_000, backbone, 16)
+    assert size == hardware.pass_size(8 * 16 * 16 * 4, hardware.last_level_cache(), 10_000)
+    assert "largest activation" in why
+    assert hardware.backbone_batch("auto", torch.device("cuda"), 64, backbone, 16)[0] is None
+    assert hardware.backbone_batch(16, torch.device("cuda"), 64)[0] == 16
+    assert hardware.backbone_batch(64, CPU, 64)[0] is None
+
+
+def test_last_level_cache_reads_sysfs(tmp_path):
+    for name, level, kind, size in [("index0", 1, "Data", "32K"), ("index1", 1, "Instruction",
+                                    "32K"), ("index2", 2, "Unified", "512K"),
+                                   ("index3", 3, "Unified", "32768K")]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "type").write_text(f"{kind}\n")
+        (folder / "size").write_text(f"{size}\n")
+    assert hardware.last_level_cache(tmp_path) == 32 * 2**20
+    assert hardware.last_level_cache(tmp_path / "missing") is None
+
+
+def test_a_frozen_backbone_runs_in_passes_of_backbone_batch_with_the_same_features():
+    backbone = tiny_backbone()
+    net = TransferNet(backbone, nn.Linear(16, 20), arch="tiny")
+    x = torch.randn(7, 3, 16, 16)
+    with torch.no_grad():
+        whole = net(x)
+    passes = []
+    net.frozen_forward = lambda chunk: passes.append(len(chunk)) or backbone(chunk)
+    net.backbone_batch = 3
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), whole, atol=1e-6, rtol=1e-5)
+        assert passes == [3, 3, 1]
+        passes.clear()
+        features, _ = extract_features(backbone, [(x, torch.zeros(7))],
+                                       forward=net.frozen_features)
+    assert passes == [3, 3, 1]
+    torch.testing.assert_close(net.head(features), whole, atol=1e-6, rtol=1e-5)
+
+
+def test_train_sets_the_backbone_batch_and_compiles_for_its_passes(tiny_data, tmp_path, caplog):
+    cfg = compose_train(tiny_overrides(tiny_data, compile="true", backbone_batch=4),
+                        run_dir=tmp_path)
+    with caplog.at_level(logging.INFO):
+        _, module, _ = build(cfg)
+    assert cfg.data.batch_size == 16
+    assert module.net.backbone_batch == 4 and module.net.frozen_forward.batch_size == 4
+    assert "backbone batch: 4 images per pass (backbone_batch=4)" in caplog.text
+    caplog.clear()
+    auto = compose_train(tiny_overrides(tiny_data), run_dir=tmp_path)
+    assert auto.backbone_batch == "auto"
+    with caplog.at_level(logging.INFO):
+        net = build(auto)[1].net
+    # resnet18 at 32 px: 64 x 16 x 16 floats per image at most, 16 fit in any cache
+    assert net.backbone_batch is None
+    assert "backbone batch: the whole batch per pass (auto: its largest activation" in caplog.text
+
+
 def test_a_compile_failure_warns_and_runs_eager(caplog):
     backbone = tiny_backbone()
 

@@ -94,6 +94,7 @@ class TrainSchema(CommonSchema):
     seed: int = MISSING
     channels_last: Any = MISSING  # auto, true or false (checked in check_config)
     compile: Any = MISSING  # auto, true or false
+    backbone_batch: Any = MISSING  # auto or a positive integer
     cache_features: bool = MISSING
     cache_views: int = MISSING
     cache_dir: str = MISSING
@@ -123,6 +124,8 @@ _RANGES = {
     "finetune.strategy": (str, lambda v: True, "freeze, gradual or full"),
     "trainer.max_epochs": (int, lambda v: v >= 1, "a positive integer"),
     "cache_views": (int, lambda v: v >= 1, "a positive integer"),
+    "backbone_batch": ((int, str), lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
+                       "auto or a positive integer"),
 }
 # Keys that are `auto` (measured on this machine, foodnet.hardware) or a plain true/false.
 _AUTO_OR_BOOL = ("channels_last", "compile")

@@ -37,7 +37,7 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from foodnet.hardware import resolve_device
+    from foodnet.hardware import backbone_batch, resolve_device
     from foodnet.models.checkpoint import read_checkpoint
     from foodnet.models.transfer import create_model
     from foodnet.training.finetune import create_finetuning, freezes_backbone
@@ -83,11 +83,18 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = _instantiate(cfg.trainer, precision=speed.precision,
                                       callbacks=callbacks, logger=loggers or False)
+    device = resolve_device(cfg.trainer.accelerator)
+    if net.backbone_frozen:
+        net.backbone_batch, why = backbone_batch(
+            cfg.get("backbone_batch", "auto"), device, cfg.data.batch_size, net.backbone,
+            preprocessing.image_size)
+        log.info("backbone batch: %s (%s)", f"{net.backbone_batch} images per pass"
+                 if net.backbone_batch else "the whole batch per pass", why)
     if cfg.get("compile", False) is not False:
         use_compiled_backbone(net, cfg.compile, images=_backbone_passes(cfg, trainer, resumed),
                               speed=speed, image_size=preprocessing.image_size,
-                              batch_size=cfg.data.batch_size,
-                              device=resolve_device(cfg.trainer.accelerator))
+                              batch_size=net.backbone_batch or cfg.data.batch_size,
+                              device=device)
     return datamodule, module, trainer
 
 

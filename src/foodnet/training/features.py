@@ -193,7 +193,7 @@ def attach_features(datamodule: FoodDataModule, net: TransferNet, splits: Iterab
             feature_set = extract_views(net.backbone, loader, views, seed=seed,
                                         device=device, forward_context=forward_context,
                                         channels_last=channels_last,
-                                        forward=net.frozen_forward)
+                                        forward=net.frozen_features)
             if cache is not None:
                 cache.save(path, feature_set, {"split": split, "arch": net.arch,
                                                "views": views, "precision": precision})

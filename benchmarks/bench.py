@@ -62,6 +62,7 @@ PHOTO_SIZE = (512, 384)
 SPLIT = {"train": 0.8, "val": 0.2}
 TARGET_EPOCHS = 20  # the seed's recipe
 TARGETS = {"recipe": 5.0, "cache": 50.0, "extraction": 2.5, "memory": 1.5, "predict": 0.8}
+REPORTED_ARGS = ("images", "epochs", "arch", "image_size", "weights", "batch_size", "override")
 DECISION_LINES = r"^(?:precision auto|channels_last auto|compile auto|compile: ).*$"
 
 
@@ -897,6 +898,8 @@ def main() -> None:
 
     if args.from_json:  # re-render a report from a previous run's JSON
         saved = json.loads(args.from_json.read_text())
+        # The saved run's own settings (arch, sizes, epochs) head its report, not this command's.
+        args = argparse.Namespace(**{**vars(args), **saved.get("args", {})})
         text = report(args, saved["results"], saved["forward"], saved["profile"],
                       saved.get("predict"), saved.get("started", "?"), saved.get("accuracy"))
         (args.out or args.from_json.with_suffix(".md")).write_text(text)
@@ -931,7 +934,8 @@ def main() -> None:
         out.write_text(text)
         out.with_suffix(".json").write_text(json.dumps(
             {"results": results, "forward": forward, "profile": profile, "predict": predict,
-             "started": started, "accuracy": accuracy}, indent=1))
+             "started": started, "accuracy": accuracy,
+             "args": {key: getattr(args, key) for key in REPORTED_ARGS}}, indent=1))
         print(f"[bench] wrote {out}", flush=True)
     finally:
         if args.workdir is None:

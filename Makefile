@@ -40,7 +40,7 @@ tensorboard: install  ## serve every run under outputs/ and multirun/ on http://
 mlflow: install  ## MLflow UI over outputs/mlflow.db (logger=mlflow) on http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --workers 1 --port 5000
 
-bench: install  ## seed script vs foodnet vs cache_features, interleaved, 500 generated photos (~40 min on 2 CPU cores)
+bench: install  ## seed script vs foodnet vs cache_features, interleaved, 500 generated photos (about an hour on 2 CPU cores)
 	$(PY) benchmarks/bench.py $(ARGS)
 
 bench-gpu: install  ## the same on one CUDA GPU: bf16, channels_last, compile, workers, pinned memory (~5 min)

@@ -436,26 +436,16 @@ def _tree(pid: int) -> list:
         return []
 
 
-def _tree_rss(procs: list) -> float:
-    """RSS in MiB summed over processes: cheap (/proc/PID/statm), counts forked pages twice."""
+def _tree_mib(procs: list, field: str) -> float:
+    """A memory field in MiB summed over processes. "rss" is cheap (/proc/PID/statm) but counts
+    forked pages in every process; "pss" shares them fairly, but the kernel walks every page to
+    say it (about 35 ms of CPU per GiB-sized process)."""
     import psutil
     total = 0
     for proc in procs:
         try:
-            total += proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total / 2**20
-
-
-def _tree_pss(procs: list) -> float:
-    """PSS in MiB summed over processes: shares forked pages fairly, but the kernel walks every
-    page to say it (about 35 ms of CPU per GiB-sized process)."""
-    import psutil
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_full_info().pss
+            info = proc.memory_full_info() if field == "pss" else proc.memory_info()
+            total += getattr(info, field)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total / 2**20
@@ -490,11 +480,11 @@ class Variant:
         last_pss = 0.0
         while self.proc.poll() is None:
             procs = _tree(self.proc.pid)
-            rss = _tree_rss(procs)
+            rss = _tree_mib(procs, "rss")
             now = time.monotonic()
             if rss > self.peak["rss"] or (rss >= 0.95 * self.peak["rss"]
                                           and now - last_pss >= 5.0):
-                self.peak["pss"] = max(self.peak["pss"], _tree_pss(procs))
+                self.peak["pss"] = max(self.peak["pss"], _tree_mib(procs, "pss"))
                 last_pss = now
             self.peak["rss"] = max(self.peak["rss"], rss)
             time.sleep(0.5)

@@ -82,6 +82,9 @@ def tiny_overrides(data: dict[str, Path], **extra) -> list[str]:
         "data.num_workers": 0, "model.arch": "resnet18", "model.weights": "null",
         "trainer.max_epochs": 1, "trainer.accelerator": "cpu",
         "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false",
+        # Pinned, so that a tiny run computes the same on every CPU (`auto` would pick bf16 on
+        # one and fp32 on another); the speed tests exercise `auto` on their own.
+        "trainer.precision": "32-true", "channels_last": "false", "compile": "false",
     }
     overrides.update(extra)
     return [f"{k}={v}" for k, v in overrides.items()]

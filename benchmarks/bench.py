@@ -132,7 +132,7 @@ def run_seed(args, data: Path, t0: float, turns) -> dict:
             param.requires_grad = False
         resnet_model.fc = nn.Linear(resnet_model.fc.in_features, 20)
     else:  # the accuracy runs (EfficientNet-Lite0): foodnet builds the backbone and its weights
-        from foodnet.models.backbones import create_backbone
+        from foodnet.models.sources import create_backbone
 
         backbone = create_backbone(args.arch, args.weights)
         for param in backbone.net.parameters():
@@ -368,7 +368,7 @@ def run_profile(args, data: Path) -> dict:
     """Per-image cost of decoding and of each transform, single process (ms per image)."""
     from foodnet.data.images import load_rgb
     from foodnet.data.manifest import read_manifest
-    from foodnet.models.backbones import create_backbone
+    from foodnet.models.sources import create_backbone
 
     # The seed's presets at this size, with the arch's weights' normalisation (as foodnet runs it).
     preprocessing = create_backbone(args.arch, None).preprocessing.override(

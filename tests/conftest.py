@@ -67,9 +67,9 @@ def seed_preprocessing(size: int = 32):
     interpolation, a square resize without crop (what conf/model/resnet152.yaml sets)."""
     from torchvision import models
 
-    from foodnet.models.weights import torchvision_preprocessing
+    from foodnet.models.sources.torchvision import weights_preprocessing
 
-    return torchvision_preprocessing(models.ResNet18_Weights.DEFAULT).override(
+    return weights_preprocessing(models.ResNet18_Weights.DEFAULT).override(
         image_size=size, crop_mode="squash")
 
 

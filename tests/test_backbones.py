@@ -14,8 +14,9 @@ from torchvision import models
 
 from foodnet.data.images import load_rgb
 from foodnet.errors import ConfigError, WeightsError
-from foodnet.models.backbones import backbone_stages, create_backbone
-from foodnet.models.weights import lite0_file, lite0_state_dict, torchvision_preprocessing
+from foodnet.models.sources import backbone_stages, create_backbone
+from foodnet.models.sources.lite0 import lite0_file, lite0_state_dict
+from foodnet.models.sources.torchvision import weights_preprocessing
 
 # ImageNet classes (timm.data.ImageNetInfo names them in failure messages).
 CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
@@ -113,7 +114,7 @@ def test_preprocessing_comes_from_the_weights():
         T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     cfg = compose_train([])
     assert cfg.model.arch == "resnet152" and cfg.model.weights == "DEFAULT"
-    weights = torchvision_preprocessing(models.ResNet152_Weights.DEFAULT)
+    weights = weights_preprocessing(models.ResNet152_Weights.DEFAULT)
     assert (weights.image_size, weights.resize_size) == (224, 232)  # torchvision's own preset
     seed = weights.override(**cfg.model.preprocessing)
     assert repr(seed.eval_transform()) == repr(seed_valid)
@@ -187,7 +188,7 @@ def test_timm_offline_download_says_the_way_out(tiny_data, tmp_path):
     expected = tmp_path / "expected.pt"
     torch.save(reference.conv1[0].weight, expected)
     loaded = subprocess.run(
-        [sys.executable, "-c", "import torch; from foodnet.models.backbones import "
+        [sys.executable, "-c", "import torch; from foodnet.models.sources import "
          "create_backbone as c; b = c('timm/test_resnet.r160_in1k', 'DEFAULT'); "
          f"print(torch.equal(b.net.conv1[0].weight, torch.load({str(expected)!r})))"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -68,3 +68,20 @@ def test_truncated_foreign_and_missing_files_name_the_file(tmp_path, checkpoint)
         read_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         read_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_a_checkpoint_without_its_preprocessing_record_is_refused(tmp_path, checkpoint):
+    """Only image_size, mean and std (no `preprocessing`): what the network expects is unknown."""
+    path, _ = checkpoint
+    data = torch.load(path, weights_only=True)
+    hp = data["hyper_parameters"]
+    preprocessing = hp.pop("preprocessing")
+    hp.update(image_size=preprocessing["image_size"], mean=preprocessing["mean"],
+              std=preprocessing["std"])
+    bare = tmp_path / "bare.ckpt"
+    torch.save(data, bare)
+    with pytest.raises(CheckpointError, match=rf"{bare}: records no preprocessing \(image size, "
+                                              r"mean, std\), so what the network expects is "
+                                              "unknown"):
+        load_model(bare)
+    load_model(path)  # the control: the same checkpoint with its record loads

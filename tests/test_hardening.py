@@ -118,7 +118,7 @@ def test_03_frozen_random_backbone_warns_once_and_still_runs(tiny_data, tmp_path
 def test_03_offline_weights_message_names_both_ways():
     from torchvision.models import ResNet18_Weights
 
-    from foodnet.models.weights import download_help
+    from foodnet.models.sources.torchvision import download_help
 
     text = download_help(ResNet18_Weights.DEFAULT)
     assert "model.weights=null finetune=full" in text and "/path/to/weights.pth" in text

@@ -6,8 +6,8 @@ import torch
 from torchvision import models
 
 from foodnet.errors import WeightsError
+from foodnet.models.sources.torchvision import resolve_weights
 from foodnet.models.transfer import create_model
-from foodnet.models.weights import resolve_torchvision
 
 
 def test_head_is_sized_from_the_old_head_and_backbone_frozen():
@@ -40,14 +40,14 @@ def test_unknown_arch_lists_choices():
 
 
 def test_weights_names_resolve():
-    assert resolve_torchvision("resnet152", "DEFAULT") is models.ResNet152_Weights.DEFAULT
-    assert resolve_torchvision("resnet152", "IMAGENET1K_V1") is \
+    assert resolve_weights("resnet152", "DEFAULT") is models.ResNet152_Weights.DEFAULT
+    assert resolve_weights("resnet152", "IMAGENET1K_V1") is \
         models.ResNet152_Weights.IMAGENET1K_V1
-    assert resolve_torchvision("resnet152", "ResNet152_Weights.IMAGENET1K_V2") is \
+    assert resolve_weights("resnet152", "ResNet152_Weights.IMAGENET1K_V2") is \
         models.ResNet152_Weights.IMAGENET1K_V2
-    assert resolve_torchvision("resnet152", None) is None
+    assert resolve_weights("resnet152", None) is None
     with pytest.raises(WeightsError, match="not a weights name of resnet152.*IMAGENET1K_V2"):
-        resolve_torchvision("resnet152", "IMAGENET22K")
+        resolve_weights("resnet152", "IMAGENET22K")
 
 
 def test_local_pth_state_dict_loads(tmp_path):

@@ -37,14 +37,9 @@ class ModelInfo:
 
 
 def saved_preprocessing(hparams: dict, source: str | Path) -> Preprocessing:
-    """The preprocessing a checkpoint records; older checkpoints recorded only image_size, mean
-    and std, for the seed's square resize (bilinear, no crop)."""
+    """The preprocessing a checkpoint records (foodnet.train saves it with every checkpoint)."""
     if hparams.get("preprocessing"):
         return Preprocessing.from_dict(hparams["preprocessing"])
-    if hparams.get("image_size"):
-        return Preprocessing(image_size=int(hparams["image_size"]), crop_mode="squash",
-                             crop_pct=1.0, mean=tuple(hparams["mean"]), std=tuple(hparams["std"]),
-                             interpolation="bilinear")
     raise CheckpointError(f"{source}: records no preprocessing (image size, mean, std), so what "
                           "the network expects is unknown; save checkpoints with "
                           "FoodClassifier(preprocessing=...), as foodnet.train does")

@@ -9,7 +9,7 @@ from torch import nn
 
 from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError
-from foodnet.models.backbones import create_backbone
+from foodnet.models.sources import create_backbone
 
 
 class TransferNet(nn.Module):

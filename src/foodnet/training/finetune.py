@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from foodnet.errors import ConfigError
-from foodnet.models.backbones import backbone_stages as stages_of
+from foodnet.models.sources import backbone_stages as stages_of
 from foodnet.models.transfer import TransferNet
 
 STRATEGIES = ("freeze", "gradual", "full")
@@ -23,7 +23,7 @@ LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 
 
 def backbone_stages(net: TransferNet) -> list[list[nn.Module]]:
-    """The backbone's stages in forward order (models/backbones.py knows each family's)."""
+    """The backbone's stages in forward order (each backbone source knows its own)."""
     return stages_of(net.arch, net.backbone)
 
 

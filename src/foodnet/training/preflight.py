@@ -9,7 +9,7 @@ checkpoint against the config and trainer.max_epochs (foodnet.training.resume.ch
 from __future__ import annotations
 
 from foodnet.errors import ConfigError
-from foodnet.models.backbones import check_arch, check_weights
+from foodnet.models.sources import check_arch, check_weights
 
 
 def check_settings(arch: str, weights: str | None, lr: float | None) -> None:

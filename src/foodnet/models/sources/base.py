@@ -1,0 +1,49 @@
+"""What a backbone source is: one object that knows a family of `model.arch` names, checks them
+and their weights, builds the network without its classifier, and names its stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from foodnet.data.preprocessing import Preprocessing
+
+
+@dataclass
+class Backbone:
+    """Images (N, 3, H, W) -> pooled features (N, num_features), and how to preprocess images."""
+
+    net: nn.Module
+    num_features: int
+    preprocessing: Preprocessing
+
+
+class BackboneSource:
+    """One source of backbones. Subclasses fill in each method for their `model.arch` names.
+
+    `model.weights` reaches `check_weights` and `create` as given: DEFAULT (the source's
+    pretrained weights), a weights name or tag, a local file, or None/"null" (random init).
+    """
+
+    name: str = ""
+
+    def matches(self, arch: str) -> bool:
+        """Whether `arch` is one of this source's names (the registry asks in its order)."""
+        raise NotImplementedError
+
+    def check(self, arch: str) -> None:
+        """Raise ConfigError, saying the choices, when this source has no `arch`."""
+
+    def check_weights(self, arch: str, weights: str) -> None:
+        """Raise when `weights` (not none) cannot be weights of `arch`, before anything is
+        downloaded."""
+
+    def create(self, arch: str, weights: str | None) -> Backbone:
+        """The network with `weights` loaded and its classifier removed, and the preprocessing
+        those weights were trained with."""
+        raise NotImplementedError
+
+    def stages(self, arch: str, net: nn.Module) -> list[list[nn.Module]]:
+        """The backbone's stages in forward order, each a list of modules (finetune=gradual)."""
+        raise NotImplementedError

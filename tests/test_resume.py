@@ -144,10 +144,11 @@ def test_a_resumed_run_keeps_the_precision_and_layout_it_started_with(tiny_data,
     started = {"trainer.precision": "bf16-mixed", "channels_last": "false"}
     train(compose_train(run_overrides(tiny_data, **started, **{"trainer.max_epochs": 1}),
                         run_dir=run_dir))
-    # Resumed with the defaults (auto): the checkpoint's settings, not what auto measures.
+    # Resumed with auto (train.yaml's default; tiny runs pin them): the checkpoint's settings,
+    # not what auto measures.
+    auto = {"trainer.precision": "auto", "channels_last": "auto", "trainer.max_epochs": 2}
     with caplog.at_level(logging.INFO):
-        metrics = train(compose_train(run_overrides(tiny_data, ckpt_path="last",
-                                                    **{"trainer.max_epochs": 2}),
+        metrics = train(compose_train(run_overrides(tiny_data, ckpt_path="last", **auto),
                                       run_dir=run_dir))
     assert metrics["epochs"] == 2
     assert "precision auto: bf16-mixed, kept from the checkpoint being resumed" in caplog.text

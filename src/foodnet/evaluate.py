@@ -52,12 +52,12 @@ def _evaluate(cfg: DictConfig) -> dict:
 
     from foodnet.data.check import check_manifest, raise_for_errors
     from foodnet.data.dataset import ManifestDataset, ignore_stop_signals
-    from foodnet.hardware import auto_num_workers
+    from foodnet.machine import num_workers, resolve_device
     from foodnet.models.checkpoint import load_model
     from foodnet.reports.evaluation import Evaluator, IndexedDataset, write_misclassified
     from foodnet.reports.figures import confusion_matrix_figure
     from foodnet.reports.metrics import classification_report, confusion_matrix
-    from foodnet.training.trainer import speed_settings
+    from foodnet.speed.plan import resolve_speed
 
     if not cfg.get("ckpt_path"):
         raise ConfigError("set ckpt_path=/path/to/model.ckpt (the checkpoint to evaluate)")
@@ -78,14 +78,15 @@ def _evaluate(cfg: DictConfig) -> dict:
     raise_for_errors([report])
     samples = report.samples
     dataset = ManifestDataset(samples, preprocessing.eval_transform())
-    workers = cfg.data.num_workers
-    workers = auto_num_workers() if workers == "auto" else int(workers)
     loader = DataLoader(IndexedDataset(dataset), batch_size=cfg.data.batch_size,
-                        num_workers=workers, pin_memory=torch.cuda.is_available(),
+                        num_workers=num_workers(cfg.data.num_workers),
+                        pin_memory=torch.cuda.is_available(),
                         worker_init_fn=ignore_stop_signals)
 
-    speed = speed_settings(net, preprocessing.image_size, cfg.trainer.accelerator,
-                           cfg.trainer.precision, cfg.get("channels_last", "auto"))
+    speed = resolve_speed(net.backbone, arch=net.arch, image_size=preprocessing.image_size,
+                          device=resolve_device(cfg.trainer.accelerator),
+                          batch_size=cfg.data.batch_size, precision=cfg.trainer.precision,
+                          channels_last=cfg.get("channels_last", "auto"))
     if speed.channels_last:
         net.to(memory_format=torch.channels_last)
     evaluator = Evaluator(net)

@@ -127,7 +127,7 @@ _RANGES = {
     "backbone_batch": ((int, str), lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
                        "auto or a positive integer"),
 }
-# Keys that are `auto` (measured on this machine, foodnet.hardware) or a plain true/false.
+# Keys that are `auto` (measured on this machine, foodnet.speed) or a plain true/false.
 _AUTO_OR_BOOL = ("channels_last", "compile")
 
 

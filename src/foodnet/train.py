@@ -37,14 +37,14 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from foodnet.hardware import backbone_batch, resolve_device
+    from foodnet.machine import resolve_device
     from foodnet.models.checkpoint import read_checkpoint
     from foodnet.models.transfer import create_model
+    from foodnet.speed.plan import resolve_speed
     from foodnet.training.finetune import create_finetuning, freezes_backbone
     from foodnet.training.module import SPEED_KEY, FoodClassifier
     from foodnet.training.resume import resolve_ckpt_path
     from foodnet.training.tracking import default_run_name
-    from foodnet.training.trainer import speed_settings, use_compiled_backbone
 
     finetune_options = OmegaConf.to_container(cfg.finetune, resolve=True)
     strategy = finetune_options.pop("strategy")
@@ -64,10 +64,14 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
     checkpoint_callback = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_callback)
     resumed = read_checkpoint(ckpt_path) if ckpt_path is not None else None
-    speed = speed_settings(net, preprocessing.image_size, cfg.trainer.accelerator,
-                           cfg.trainer.precision, cfg.get("channels_last", "auto"),
-                           cfg.get("compile", False),
-                           resumed=resumed.get(SPEED_KEY) if resumed else None)
+    speed = resolve_speed(net.backbone, arch=net.arch, image_size=preprocessing.image_size,
+                          device=resolve_device(cfg.trainer.accelerator),
+                          batch_size=cfg.data.batch_size, precision=cfg.trainer.precision,
+                          channels_last=cfg.get("channels_last", "auto"),
+                          backbone_batch=cfg.get("backbone_batch", "auto"),
+                          compile=cfg.get("compile", False),
+                          images=_backbone_passes(cfg, resumed),
+                          resumed=resumed.get(SPEED_KEY) if resumed else None)
     module = FoodClassifier(net, optimizer=instantiate(cfg.model.optimizer),
                             class_names=datamodule.class_names, preprocessing=preprocessing,
                             scheduler=instantiate(cfg.scheduler.schedule),
@@ -75,7 +79,7 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
                             label_smoothing=cfg.model.label_smoothing,
                             class_weights=_class_weights(cfg.model.class_weights, datamodule,
                                                          cfg.model.num_classes),
-                            channels_last=speed.channels_last)
+                            speed=speed)
     run_dir = Path(cfg.paths.output_dir)
     loggers = [_instantiate(c, **default_run_name(c, run_dir))
                for c in (cfg.get("logger") or {}).values()]
@@ -83,22 +87,10 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = _instantiate(cfg.trainer, precision=speed.precision,
                                       callbacks=callbacks, logger=loggers or False)
-    device = resolve_device(cfg.trainer.accelerator)
-    if net.backbone_frozen:
-        net.backbone_batch, why = backbone_batch(
-            cfg.get("backbone_batch", "auto"), device, cfg.data.batch_size, net.backbone,
-            preprocessing.image_size)
-        log.info("backbone batch: %s (%s)", f"{net.backbone_batch} images per pass"
-                 if net.backbone_batch else "the whole batch per pass", why)
-    if cfg.get("compile", False) is not False:
-        use_compiled_backbone(net, cfg.compile, images=_backbone_passes(cfg, trainer, resumed),
-                              speed=speed, image_size=preprocessing.image_size,
-                              batch_size=net.backbone_batch or cfg.data.batch_size,
-                              device=device)
     return datamodule, module, trainer
 
 
-def _backbone_passes(cfg: DictConfig, trainer: L.Trainer, resumed: dict | None) -> int:
+def _backbone_passes(cfg: DictConfig, resumed: dict | None) -> int:
     """About how many images the frozen backbone will see in this run (what compiling can speed
     up): cache_features: each split once (train once per view); otherwise the train set every
     epoch left and the validation set once (its features are computed once)."""
@@ -106,14 +98,18 @@ def _backbone_passes(cfg: DictConfig, trainer: L.Trainer, resumed: dict | None) 
 
     if cfg.finetune.strategy != "freeze":
         return 0
-    if trainer.fast_dev_run or trainer.limit_train_batches != 1.0:
+    trainer = cfg.trainer
+    limit = trainer.get("limit_train_batches")
+    if trainer.get("fast_dev_run") or (limit is not None and limit != 1.0):
         return 0  # a partial run (debug): not worth a compile
     sizes = {split: _count_lines(cfg.data.get(f"{split}_manifest"))
              for split in ("train", "val", "test")}
     if cfg.get("cache_features"):
         return sizes["train"] * cfg.get("cache_views", 1) + sizes["val"] + sizes["test"]
-    epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 \
-        else 1
+    epochs = trainer.get("max_epochs")
+    if epochs is None:  # Lightning's default: 1000 epochs, unless max_steps limits the run
+        epochs = 1000 if trainer.get("max_steps", -1) in (None, -1) else 1
+    epochs = epochs if epochs >= 0 else 1
     return sizes["train"] * max(epochs - (epochs_trained(resumed) if resumed else 0), 0) + \
         sizes["val"]
 
@@ -194,7 +190,7 @@ def use_backbone_features(cfg: DictConfig, datamodule: FoodDataModule, module: F
                     train_views=cfg.get("cache_views", 1), seed=cfg.seed,
                     device=trainer.strategy.root_device, precision=str(trainer.precision),
                     forward_context=trainer.precision_plugin.forward_context,
-                    channels_last=module.channels_last)
+                    frozen=module.frozen_backbone)
 
 
 def check_trainer_keys(trainer_cfg) -> None:

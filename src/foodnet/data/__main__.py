@@ -6,12 +6,13 @@ import argparse
 import sys
 import time
 
-from foodnet.data.check import check_manifest, default_workers, format_problems
+from foodnet.data.check import check_manifest, format_problems
 from foodnet.data.demo import make_demo_dataset
 from foodnet.data.folder import from_folder
 from foodnet.data.manifest import read_classes
 from foodnet.errors import ConfigError, ManifestError, run_cli
 from foodnet.logs import console_logging
+from foodnet.machine import num_workers
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--num-classes", type=int, help="labels must be below this")
     check.add_argument("--quick", action="store_true",
                        help="only check that files exist and are non-empty (no decoding)")
-    check.add_argument("--workers", type=int, default=default_workers(),
+    check.add_argument("--workers", type=int, default=num_workers(),
                        help="decoding threads (default: %(default)s)")
     check.set_defaults(run=_check)
 

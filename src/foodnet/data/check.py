@@ -8,7 +8,6 @@ Two depths:
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from pathlib import Path
 from foodnet.data.images import load_rgb
 from foodnet.data.manifest import TRAIN_LABEL_FIX, Problem, Sample, scan_manifest
 from foodnet.errors import ImageLoadError, ManifestError
+from foodnet.machine import num_workers
 
 # Training setup prints at most this many problems, then a count of the rest.
 MAX_REPORTED = 20
@@ -100,10 +100,6 @@ def _decode(path: Path) -> tuple[int, int] | ImageLoadError:
         return err
 
 
-def default_workers() -> int:
-    return min(32, (os.cpu_count() or 1) * 2)
-
-
 def check_manifest(path: str | Path, num_classes: int | None = None,
                    class_names: list[str] | None = None, decode: bool = True,
                    workers: int | None = None, label_fix: str = TRAIN_LABEL_FIX) -> Report:
@@ -123,7 +119,7 @@ def check_manifest(path: str | Path, num_classes: int | None = None,
             failed[file] = problem.message
     if decode:
         todo = [file for file in first if file not in failed]
-        with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        with ThreadPoolExecutor(max_workers=workers or num_workers()) as pool:
             for file, result in zip(todo, pool.map(_decode, todo), strict=True):
                 if isinstance(result, ImageLoadError):
                     failed[file] = result.reason

@@ -25,7 +25,7 @@ from foodnet.data.manifest import read_classes
 from foodnet.data.preprocessing import Preprocessing
 from foodnet.data.sampling import EpochSampler, SeededSamples
 from foodnet.errors import ConfigError, ManifestError
-from foodnet.hardware import auto_num_workers
+from foodnet.machine import num_workers as worker_count
 
 log = logging.getLogger(__name__)
 VALIDATE_MODES = ("quick", "full")
@@ -59,7 +59,7 @@ class FoodDataModule(L.LightningDataModule):
         self.preprocessing = preprocessing
         self.augment = augment
         self.batch_size = batch_size
-        self.num_workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
+        self.num_workers = worker_count(num_workers)
         self.on_bad_image = on_bad_image
         self.validate = validate
         self.seed = seed

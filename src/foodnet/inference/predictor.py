@@ -14,10 +14,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from foodnet.data.images import load_rgb
-from foodnet.errors import ConfigError, ImageLoadError, ModelFileError
-from foodnet.hardware import auto_num_workers, cached_layout
+from foodnet.errors import ImageLoadError, ModelFileError
 from foodnet.inference.export_format import info_from_sidecar, read_sidecar, sidecar_path
+from foodnet.machine import num_workers as worker_count
+from foodnet.machine import resolve_device
 from foodnet.models.checkpoint import ModelInfo, load_model
+from foodnet.speed.decide import cached_layout
 
 
 class Classifier(ABC):
@@ -77,14 +79,6 @@ class OnnxClassifier(Classifier):
         return torch.from_numpy(probs)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    return torch.device(device)
-
-
 def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
     """A checkpoint (.ckpt), or an export identified by its sidecar (path + '.json')."""
     path = Path(path)
@@ -109,7 +103,8 @@ def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
         raise ModelFileError(f"{path}: no {sidecar_path(path).name} next to it, so its "
                              "preprocessing is unknown; python -m foodnet.export writes both")
     net, info = load_model(path)  # CheckpointError names the file
-    # The layout a training run measured faster on this machine (hardware.py), else the default.
+    # The layout a training run measured faster on this machine (foodnet.speed), else the
+    # default.
     channels_last = bool(cached_layout(torch_device, info.arch, info.preprocessing.image_size))
     return TorchClassifier(net, info, path, outputs_probs=False, device=torch_device,
                            channels_last=channels_last)
@@ -156,7 +151,7 @@ def predict_images(classifier: Classifier, paths: Sequence[Path], batch_size: in
     (auto: one per usable core) while the model runs. An unreadable image yields its error and
     the batch goes on."""
     batches = math.ceil(len(paths) / batch_size)
-    workers = auto_num_workers() if num_workers == "auto" else int(num_workers)
+    workers = worker_count(num_workers)
     # One batch has nothing to overlap with: starting workers would only cost time.
     workers = min(workers, batches) if batches > 1 else 0
     loader = DataLoader(ImageFiles(paths, classifier.transform), batch_size=batch_size,

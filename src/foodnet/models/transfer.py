@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
@@ -26,12 +24,6 @@ class TransferNet(nn.Module):
         self.head = head
         self.arch = arch
         self.preprocessing = preprocessing
-        # What runs the frozen backbone, when not the module itself: a compiled forward
-        # (hardware.CompiledForward). A plain callable, not a submodule: the state_dict is the same.
-        self.frozen_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
-        # Images per pass of the frozen backbone (None: the whole batch). Smaller passes keep its
-        # activations small (memory) and, on a CPU, in cache (foodnet.hardware.backbone_batch).
-        self.backbone_batch: int | None = None
 
     @property
     def num_features(self) -> int:
@@ -45,23 +37,8 @@ class TransferNet(nn.Module):
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        # A frozen backbone needs no autograd graph: skipping it saves memory and time.
-        if self.backbone_frozen:
-            with torch.no_grad():
-                return self.frozen_features(x)
-        return self.backbone(x)
-
-    def frozen_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The frozen backbone's features, `backbone_batch` images at a time (the same values:
-        it runs in eval mode, where every image is computed on its own)."""
-        run = self.frozen_forward or self.backbone
-        if self.backbone_batch is None or x.shape[0] <= self.backbone_batch:
-            return run(x)
-        return torch.cat([run(chunk) for chunk in x.split(self.backbone_batch)])
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.backbone(x))
 
 
 def create_model(arch: str = "resnet152", num_classes: int = 20, weights: str | None = "DEFAULT",

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from foodnet.data.feature_dataset import FeatureDataset, FeatureSet
 from foodnet.data.manifest import Sample
 from foodnet.errors import ConfigError
+from foodnet.speed.frozen import FrozenBackbone
 
 if TYPE_CHECKING:
     from foodnet.data.datamodule import FoodDataModule
@@ -65,18 +66,17 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-# no_grad rather than inference_mode: the grad mode of TransferNet.features in training, so that
-# a compiled backbone (hardware.CompiledForward) serves both without compiling twice.
+# no_grad rather than inference_mode: the grad mode of FrozenBackbone in training, so that a
+# compiled backbone (speed.compile.CompiledForward) serves both without compiling twice.
 @torch.no_grad()
 def extract_features(backbone: nn.Module, loader: Iterable, *, device: torch.device | str = "cpu",
                      forward_context: Callable[[], contextlib.AbstractContextManager] = (
                          contextlib.nullcontext),
-                     channels_last: bool = False,
                      forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the backbone in eval mode over (images, labels) batches -> features (N, F), labels.
 
-    `forward` runs it when given (a compiled forward of the same backbone)."""
+    `forward` runs it when given (a FrozenBackbone of the same backbone, with the run's plan)."""
     forward = forward or backbone
     was_training = backbone.training
     backbone.eval()
@@ -84,8 +84,6 @@ def extract_features(backbone: nn.Module, loader: Iterable, *, device: torch.dev
     try:
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
             with forward_context():
                 features.append(forward(images).cpu())
             labels.append(torch.as_tensor(targets))
@@ -157,8 +155,9 @@ def attach_features(datamodule: FoodDataModule, net: TransferNet, splits: Iterab
                     device: torch.device | str = "cpu", precision: str = "32-true",
                     forward_context: Callable[[], contextlib.AbstractContextManager] = (
                         contextlib.nullcontext),
-                    channels_last: bool = False) -> list[FeatureReport]:
-    """Serve `splits` of the datamodule as frozen-backbone features (from `cache` when given).
+                    frozen: FrozenBackbone | None = None) -> list[FeatureReport]:
+    """Serve `splits` of the datamodule as frozen-backbone features (from `cache` when given),
+    computed by `frozen` (the run's runner of `net.backbone`; default: plain, whole batches).
 
     Train uses `train_views` views: 1 is the deterministic eval transform, more are augmented
     passes of the train transform. Other splits use the eval transform.
@@ -192,8 +191,7 @@ def attach_features(datamodule: FoodDataModule, net: TransferNet, splits: Iterab
         if feature_set is None:
             feature_set = extract_views(net.backbone, loader, views, seed=seed,
                                         device=device, forward_context=forward_context,
-                                        channels_last=channels_last,
-                                        forward=net.frozen_features)
+                                        forward=frozen or FrozenBackbone(net.backbone))
             if cache is not None:
                 cache.save(path, feature_set, {"split": split, "arch": net.arch,
                                                "views": views, "precision": precision})

@@ -22,6 +22,8 @@ from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError
 from foodnet.models.transfer import TransferNet
 from foodnet.reports.metrics import TOP_K, per_class_accuracy
+from foodnet.speed.frozen import FrozenBackbone
+from foodnet.speed.plan import SpeedPlan
 from foodnet.training.schedulers import INTERVALS
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -50,13 +52,17 @@ class FoodClassifier(L.LightningModule):
                  class_names: list[str] | None = None, preprocessing: Preprocessing | None = None,
                  scheduler: SchedulerFactory | None = None, scheduler_interval: str = "epoch",
                  label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None,
-                 channels_last: bool = False):
+                 speed: SpeedPlan | None = None):
         super().__init__()
         self.net = net
+        # How this run computes (speed.plan); the Trainer applies its precision.
+        self.speed = speed or SpeedPlan()
         # NHWC layout: oneDNN (CPU) and tensor cores (CUDA) run convolutions faster in it.
-        self.channels_last = channels_last
-        if channels_last:
+        if self.speed.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        # Runs the backbone while it is frozen: a plain object, so the state_dict is the net's.
+        self.frozen_backbone = FrozenBackbone(net.backbone, self.speed,
+                                              name=f"{net.arch} backbone")
         self.optimizer_factory = optimizer
         if scheduler_interval not in INTERVALS:
             raise ConfigError(f"scheduler.interval={scheduler_interval} must be one of "
@@ -112,7 +118,9 @@ class FoodClassifier(L.LightningModule):
                 raise RuntimeError("got precomputed backbone features, but the backbone is "
                                    "trainable now: features are only valid for a frozen backbone")
             return self.net.head(x.to(self.net.head.weight.dtype))
-        if self.channels_last:
+        if self.net.backbone_frozen:
+            return self.net.head(self.frozen_backbone(x))
+        if self.speed.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
@@ -189,7 +197,7 @@ class FoodClassifier(L.LightningModule):
         # A resumed run keeps the precision and layout it started with (train.py reads them
         # back), whatever `auto` would measure now: the same numerics as an uninterrupted run.
         checkpoint[SPEED_KEY] = {"precision": str(self.trainer.precision),
-                                 "channels_last": self.channels_last}
+                                 "channels_last": self.speed.channels_last}
 
     def configure_optimizers(self):
         trainable = [p for p in self.parameters() if p.requires_grad]

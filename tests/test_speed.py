@@ -11,13 +11,17 @@ import torch
 from conftest import compose_train, seed_preprocessing, tiny_overrides
 from torch import nn
 
-from foodnet import hardware
-from foodnet.hardware import FP32, Calibration, CompiledForward, CompileMeasurement, SpeedCache
+from foodnet import machine
 from foodnet.models.transfer import TransferNet, create_model
+from foodnet.speed import decide, measure
+from foodnet.speed.cache import SpeedCache
+from foodnet.speed.compile import CompiledForward, CompileMeasurement
+from foodnet.speed.frozen import FrozenBackbone
+from foodnet.speed.measure import FP32, Calibration
+from foodnet.speed.plan import SpeedPlan, resolve_speed
 from foodnet.train import build
 from foodnet.training.features import extract_features
 from foodnet.training.module import FoodClassifier
-from foodnet.training.trainer import use_compiled_backbone
 
 CPU = torch.device("cpu")
 BF16 = "bf16-mixed"
@@ -56,7 +60,7 @@ def costed(fp32_cl=0.125, fp32=0.175, bf16_cl=0.0625, bf16=0.0875) -> CostedNet:
 
 
 def calibrate(net: CostedNet, budget_s: float = 15.0) -> Calibration:
-    return hardware.calibrate(net, 8, CPU, budget_s=budget_s, clock=net.clock)
+    return measure.calibrate(net, 8, CPU, budget_s=budget_s, clock=net.clock)
 
 
 def test_calibration_measures_every_setting_and_picks_a_clearly_faster_bf16():
@@ -67,7 +71,7 @@ def test_calibration_measures_every_setting_and_picks_a_clearly_faster_bf16():
     assert calibration.rate(FP32, True) == pytest.approx(8.0)
     assert calibration.rate(FP32, False) == pytest.approx(1 / 0.175)
     assert calibration.rate(BF16, True) == pytest.approx(16.0)
-    choice = hardware.choose_precision(calibration, BF16)
+    choice = decide.choose_precision(calibration, BF16)
     assert (choice.precision, choice.channels_last, choice.why) == (BF16, True, "2.00x fp32")
     assert calibration.seconds <= 15.0
     # warm-up + 3 timed samples of each setting, interleaved (the last rounds alternate)
@@ -76,7 +80,7 @@ def test_calibration_measures_every_setting_and_picks_a_clearly_faster_bf16():
 
 def test_bf16_far_slower_is_not_chosen_and_its_other_layout_not_even_timed():
     calibration = calibrate(costed(bf16_cl=0.8, bf16=6.0))  # an AVX2-only CPU emulating bf16
-    choice = hardware.choose_precision(calibration, BF16)
+    choice = decide.choose_precision(calibration, BF16)
     assert choice.precision == FP32 and choice.channels_last
     assert "bf16-mixed ran at 0.16x fp32, below the 1.2x margin" in choice.why
     assert "twice as fast to change the decision" in calibration.skipped[f"{BF16} contiguous"]
@@ -88,7 +92,7 @@ def test_a_setting_that_would_overrun_the_budget_is_skipped_and_the_result_incom
     assert calibration.rate(FP32, True) is not None
     assert "budget" in calibration.skipped[f"{BF16} channels_last"]
     assert not calibration.complete
-    assert hardware.choose_precision(calibration, BF16).precision == FP32
+    assert decide.choose_precision(calibration, BF16).precision == FP32
 
 
 def test_a_slow_warm_up_does_not_use_up_the_budget():
@@ -106,7 +110,7 @@ def test_a_slow_warm_up_does_not_use_up_the_budget():
     calibration = calibrate(net)
     assert calibration.rate(FP32, True) is not None and calibration.rate(BF16, True) is not None
     assert calibration.complete and calibration.seconds > 20.0
-    assert hardware.choose_precision(calibration, BF16).precision == BF16
+    assert decide.choose_precision(calibration, BF16).precision == BF16
 
 
 @pytest.mark.parametrize(("rates", "spread", "error", "expected", "why"), [
@@ -124,48 +128,48 @@ def test_precision_decision_on_fake_timings(rates, spread, error, expected, why)
     calibration = Calibration(device="test", img_per_s=rates,
                               spread={f"{BF16} channels_last": spread},
                               feature_error={BF16: error})
-    choice = hardware.choose_precision(calibration, BF16)
+    choice = decide.choose_precision(calibration, BF16)
     assert choice.precision == expected and why in choice.why
     if "32-true contiguous" in rates:
         assert choice.channels_last is False  # the faster layout measured
-    assert hardware.choose_precision(calibration, None).precision == FP32  # fp32-only devices
+    assert decide.choose_precision(calibration, None).precision == FP32  # fp32-only devices
 
 
 def test_decisions_are_cached_per_device_arch_and_size_and_explicit_values_win(tmp_path,
                                                                              monkeypatch):
     calls = []
-    real = hardware.calibrate
+    real = decide.calibrate
 
     def counting(*args, **kwargs):
         calls.append(args[1])
         return real(*args, clock=net.clock, **kwargs)
 
-    monkeypatch.setattr(hardware, "calibrate", counting)
+    monkeypatch.setattr(decide, "calibrate", counting)
     net = costed()
     cache = SpeedCache(tmp_path / "speed.json")
-    first = hardware.choose_speed(net, 8, CPU, "costed", cache=cache)
+    first = decide.choose_precision_and_layout(net, 8, CPU, "costed", cache=cache)
     assert (first.precision, first.channels_last) == (BF16, True) and calls == [8]
     assert "precision auto: bf16-mixed (2.00x fp32; measured on" in first.notes[0]
     assert "channels_last auto: true (channels_last 1.40x contiguous in bf16-mixed" in \
         first.notes[1]
     # The second run reads the cache, even if the machine would measure otherwise now.
     net.costs[(BF16, True)] = net.costs[(BF16, False)] = 1.0
-    again = hardware.choose_speed(net, 8, CPU, "costed", cache=cache)
+    again = decide.choose_precision_and_layout(net, 8, CPU, "costed", cache=cache)
     assert (again.precision, again.channels_last) == (BF16, True) and calls == [8]
     assert f"cached in {cache.path}" in again.notes[0]
     entries = json.loads(cache.path.read_text())
     (key,) = entries
     assert "costed" in key and "8px" in key and f"torch {torch.__version__}" in key
-    assert hardware.cpu_model() in key
+    assert machine.cpu_model() in key
 
-    other_size = hardware.choose_speed(net, 16, CPU, "costed", cache=cache)
+    other_size = decide.choose_precision_and_layout(net, 16, CPU, "costed", cache=cache)
     assert other_size.precision == FP32 and calls == [8, 16]  # measured anew: bf16 slow now
 
-    explicit = hardware.choose_speed(net, 8, CPU, "costed", precision=FP32, channels_last=False,
-                                     cache=cache)
+    explicit = decide.choose_precision_and_layout(net, 8, CPU, "costed", precision=FP32,
+                                                  channels_last=False, cache=cache)
     assert (explicit.precision, explicit.channels_last, explicit.notes) == (FP32, False, ())
-    resumed = hardware.choose_speed(net, 16, CPU, "costed", cache=cache,
-                                    resumed={"precision": BF16, "channels_last": False})
+    resumed = decide.choose_precision_and_layout(
+        net, 16, CPU, "costed", cache=cache, resumed={"precision": BF16, "channels_last": False})
     assert (resumed.precision, resumed.channels_last) == (BF16, False)
     assert resumed.notes[:2] == (
         "precision auto: bf16-mixed, kept from the checkpoint being resumed",
@@ -175,18 +179,18 @@ def test_decisions_are_cached_per_device_arch_and_size_and_explicit_values_win(t
 def test_an_incomplete_calibration_keeps_fp32_and_is_cached_all_the_same(tmp_path,
                                                                          monkeypatch):
     net = costed(fp32_cl=3.0, fp32=3.0, bf16_cl=1.0, bf16=1.0)  # bf16 would overrun 15 s
-    real = hardware.calibrate
-    monkeypatch.setattr(hardware, "calibrate",
+    real = decide.calibrate
+    monkeypatch.setattr(decide, "calibrate",
                         lambda *args, **kwargs: real(*args, clock=net.clock, **kwargs))
     cache = SpeedCache(tmp_path / "speed.json")
-    settings = hardware.choose_speed(net, 8, CPU, "costed", cache=cache)
+    settings = decide.choose_precision_and_layout(net, 8, CPU, "costed", cache=cache)
     assert settings.precision == FP32
     assert "bf16-mixed not measured: over the 15 s calibration budget" in settings.notes[0]
     assert "incomplete (bf16-mixed channels_last, bf16-mixed contiguous over the time budget)" in \
         settings.notes[0]
     # Cached: the next run decides the same, even where it would have had time to measure.
     net.costs.update({key: 0.01 for key in net.costs})
-    assert hardware.choose_speed(net, 8, CPU, "costed", cache=cache).precision == FP32
+    assert decide.choose_precision_and_layout(net, 8, CPU, "costed", cache=cache).precision == FP32
 
 
 def test_the_default_cache_is_in_the_users_cache_folder(_user_cache):
@@ -196,7 +200,9 @@ def test_the_default_cache_is_in_the_users_cache_folder(_user_cache):
 def test_train_config_measures_once_and_logs_its_decision(tiny_data, tmp_path, caplog,
                                                          monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing measured yet
-    cfg = compose_train(tiny_overrides(tiny_data, **{"trainer.precision": "auto"}),
+    # tiny runs pin precision, layout and compile: this one asks for auto, as train.yaml does
+    cfg = compose_train(tiny_overrides(tiny_data, **{"trainer.precision": "auto",
+                                                     "channels_last": "auto", "compile": "auto"}),
                         run_dir=tmp_path)
     assert cfg.trainer.precision == "auto" and cfg.channels_last == "auto"
     assert cfg.compile == "auto"
@@ -211,13 +217,13 @@ def test_train_config_measures_once_and_logs_its_decision(tiny_data, tmp_path, c
                      if r.getMessage().startswith("compile auto")]
     assert compile_lines[0].startswith("compile auto: off (not measured here yet; 120 backbone "
                                        "passes")
-    assert module.net.frozen_forward is None
+    assert not module.speed.compiled and module.frozen_backbone.forward is module.net.backbone
     explicit = compose_train(tiny_overrides(tiny_data, **{"trainer.precision": "bf16-mixed",
                                                           "channels_last": "false",
                                                           "compile": "false"}),
                              run_dir=tmp_path)
     _, module, trainer = build(explicit)
-    assert trainer.precision == "bf16-mixed" and not module.channels_last
+    assert trainer.precision == "bf16-mixed" and not module.speed.channels_last
 
 
 def test_channels_last_module_gives_the_same_logits(tiny_data, tmp_path):
@@ -230,21 +236,6 @@ def test_channels_last_module_gives_the_same_logits(tiny_data, tmp_path):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(module.eval()(x), plain.eval()(x), atol=1e-5, rtol=1e-4)
-
-
-def test_auto_num_workers_uses_the_usable_cores(monkeypatch):
-    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert hardware.auto_num_workers() == 3
-    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(64)),
-                        raising=False)
-    assert hardware.auto_num_workers() == 8
-
-
-def test_cpu_flags_and_model_name(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2\n")
-    assert hardware.cpu_flags(cpuinfo) == {"fpu", "avx2"}
-    assert hardware.cpu_flags(tmp_path / "missing") == set()
 
 
 # ---------------------------------------------------------------- compile
@@ -274,7 +265,7 @@ def tiny_backbone() -> nn.Module:
     (64 * 100, CompileMeasurement(60, 10.0, 12.0, 64), False, "0.83x eager"),
 ])
 def test_compile_decision_on_fake_measurements(images, measured, expected, why):
-    chosen, reason = hardware.compile_pays_back(images, eager_img_per_s=100.0, measured=measured)
+    chosen, reason = decide.compile_pays_back(images, eager_img_per_s=100.0, measured=measured)
     assert chosen is expected and why in reason
 
 
@@ -285,10 +276,12 @@ def test_compiled_backbone_gives_the_eager_features_and_records_what_it_gained(t
     backbone = tiny_backbone()
     net = TransferNet(backbone, nn.Linear(16, 20), arch="tiny")
     cache = SpeedCache(tmp_path / "speed.json")
-    speed = hardware.SpeedSettings(FP32, False, None)
-    assert use_compiled_backbone(net, True, images=80, speed=speed, image_size=32, batch_size=16,
-                                 device=CPU, cache=cache)
-    compiled = net.frozen_forward
+    plan = resolve_speed(backbone, arch="tiny", image_size=32, device=CPU, batch_size=16,
+                         precision=FP32, channels_last=False, compile=True, images=80,
+                         cache=cache)
+    assert plan.compiled and plan.compile_batch == 16
+    frozen = FrozenBackbone(backbone, plan)
+    compiled = frozen.forward
     assert isinstance(compiled, CompiledForward)
     with torch.no_grad():  # a smaller batch first (a small validation set): eager, no compile
         small = torch.randn(5, 3, 32, 32)
@@ -298,7 +291,7 @@ def test_compiled_backbone_gives_the_eager_features_and_records_what_it_gained(t
                             num_workers=0).image_loader(
         "train", augmented=False)
     eager, labels = extract_features(backbone, loader)
-    fast, fast_labels = extract_features(backbone, loader, forward=compiled)
+    fast, fast_labels = extract_features(backbone, loader, forward=frozen)
     torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
     assert torch.equal(fast_labels, labels) and fast.shape == (80, 16)
     # 5 batches of 16: compiled, timed compiled, timed eager, then the faster one
@@ -308,8 +301,9 @@ def test_compiled_backbone_gives_the_eager_features_and_records_what_it_gained(t
     assert entry["measurement"]["batch"] == 16
     # the head on them, in training (grad on, no_grad inside): the same compiled graph
     x = next(iter(loader))[0]
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), net.head(backbone(x)), atol=1e-4, rtol=1e-4)
+    signature = compiled.signature
+    torch.testing.assert_close(net.head(frozen(x)), net(x), atol=1e-4, rtol=1e-4)
+    assert compiled.signature == signature
     # another batch shape runs eager instead of compiling again
     with torch.no_grad():
         torch.testing.assert_close(compiled(x[:5]), backbone(x[:5]))
@@ -323,7 +317,7 @@ def test_compiled_backbone_gives_the_eager_features_and_records_what_it_gained(t
     (4 * 2**20, None, 64, 8),  # cache size unknown: 32 MiB assumed
 ])
 def test_pass_size_keeps_the_largest_activation_in_cache(per_image, cache, batch, expected):
-    assert hardware.pass_size(per_image, cache, batch) == expected
+    assert decide.pass_size(per_image, cache, batch) == expected
 
 
 def test_backbone_batch_measures_on_cpu_takes_the_whole_batch_on_gpu_and_explicit_wins():
@@ -331,28 +325,15 @@ def test_backbone_batch_measures_on_cpu_takes_the_whole_batch_on_gpu_and_explici
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     backbone.train()
     # conv1: 8 channels x 16 x 16 floats per image, the largest of tiny_backbone at 16 px
-    assert hardware.largest_activation(backbone, 16, CPU) == 8 * 16 * 16 * 4
+    assert measure.largest_activation(backbone, 16, CPU) == 8 * 16 * 16 * 4
     assert backbone.training  # its mode is kept, and BatchNorm statistics did not move
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
-    size, why = hardware.backbone_batch("auto", CPU, 10_000, backbone, 16)
-    assert size == hardware.pass_size(8 * 16 * 16 * 4, hardware.last_level_cache(), 10_000)
+    size, why = decide.choose_backbone_batch("auto", CPU, 10_000, backbone, 16)
+    assert size == decide.pass_size(8 * 16 * 16 * 4, machine.last_level_cache(), 10_000)
     assert "largest activation" in why
-    assert hardware.backbone_batch("auto", torch.device("cuda"), 64, backbone, 16)[0] is None
-    assert hardware.backbone_batch(16, torch.device("cuda"), 64)[0] == 16
-    assert hardware.backbone_batch(64, CPU, 64)[0] is None
-
-
-def test_last_level_cache_reads_sysfs(tmp_path):
-    for name, level, kind, size in [("index0", 1, "Data", "32K"), ("index1", 1, "Instruction",
-                                    "32K"), ("index2", 2, "Unified", "512K"),
-                                   ("index3", 3, "Unified", "32768K")]:
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "level").write_text(f"{level}\n")
-        (folder / "type").write_text(f"{kind}\n")
-        (folder / "size").write_text(f"{size}\n")
-    assert hardware.last_level_cache(tmp_path) == 32 * 2**20
-    assert hardware.last_level_cache(tmp_path / "missing") is None
+    assert decide.choose_backbone_batch("auto", torch.device("cuda"), 64, backbone, 16)[0] is None
+    assert decide.choose_backbone_batch(16, torch.device("cuda"), 64)[0] == 16
+    assert decide.choose_backbone_batch(64, CPU, 64)[0] is None
 
 
 def test_a_frozen_backbone_runs_in_passes_of_backbone_batch_with_the_same_features():
@@ -362,16 +343,19 @@ def test_a_frozen_backbone_runs_in_passes_of_backbone_batch_with_the_same_featur
     with torch.no_grad():
         whole = net(x)
     passes = []
-    net.frozen_forward = lambda chunk: passes.append(len(chunk)) or backbone(chunk)
-    net.backbone_batch = 3
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), whole, atol=1e-6, rtol=1e-5)
-        assert passes == [3, 3, 1]
-        passes.clear()
-        features, _ = extract_features(backbone, [(x, torch.zeros(7))],
-                                       forward=net.frozen_features)
+    module = FoodClassifier(net, speed=SpeedPlan(backbone_batch=3)).eval()
+    frozen = module.frozen_backbone
+    frozen.forward = lambda chunk: passes.append(len(chunk)) or backbone(chunk)
+    torch.testing.assert_close(module(x), whole, atol=1e-6, rtol=1e-5)
+    assert passes == [3, 3, 1]
+    passes.clear()
+    features, _ = extract_features(backbone, [(x, torch.zeros(7))], forward=frozen)
     assert passes == [3, 3, 1]
     torch.testing.assert_close(net.head(features), whole, atol=1e-6, rtol=1e-5)
+    # The runner is no submodule: a compiled plan leaves the state_dict as it was.
+    compiled = FoodClassifier(net, speed=SpeedPlan(compiled=True, compile_batch=4))
+    assert isinstance(compiled.frozen_backbone.forward, CompiledForward)
+    assert compiled.state_dict().keys() == FoodClassifier(net).state_dict().keys()
 
 
 def test_train_sets_the_backbone_batch_and_compiles_for_its_passes(tiny_data, tmp_path, caplog):
@@ -380,15 +364,15 @@ def test_train_sets_the_backbone_batch_and_compiles_for_its_passes(tiny_data, tm
     with caplog.at_level(logging.INFO):
         _, module, _ = build(cfg)
     assert cfg.data.batch_size == 16
-    assert module.net.backbone_batch == 4 and module.net.frozen_forward.batch_size == 4
+    assert module.speed.backbone_batch == 4 and module.frozen_backbone.forward.batch_size == 4
     assert "backbone batch: 4 images per pass (backbone_batch=4)" in caplog.text
     caplog.clear()
     auto = compose_train(tiny_overrides(tiny_data), run_dir=tmp_path)
     assert auto.backbone_batch == "auto"
     with caplog.at_level(logging.INFO):
-        net = build(auto)[1].net
+        speed = build(auto)[1].speed
     # resnet18 at 32 px: 64 x 16 x 16 floats per image at most, 16 fit in any cache
-    assert net.backbone_batch is None
+    assert speed.backbone_batch is None
     assert "backbone batch: the whole batch per pass (auto: its largest activation" in caplog.text
 
 
@@ -413,18 +397,19 @@ def test_a_compile_failure_warns_and_runs_eager(caplog):
 def test_compile_true_with_a_trainable_backbone_is_a_config_error():
     from foodnet.errors import ConfigError
 
-    net = TransferNet(tiny_backbone(), nn.Linear(16, 2), arch="tiny")
-    for param in net.backbone.parameters():
+    backbone = tiny_backbone()
+    for param in backbone.parameters():
         param.requires_grad = True
-    speed = hardware.SpeedSettings(FP32, False, None)
+
+    def plan(compile):
+        return resolve_speed(backbone, arch="tiny", image_size=16, device=CPU, batch_size=4,
+                             precision=FP32, channels_last=False, compile=compile, images=10)
+
     with pytest.raises(ConfigError, match="compile=true compiles the frozen backbone"):
-        use_compiled_backbone(net, True, images=10, speed=speed, image_size=16, batch_size=4,
-                              device=CPU)
-    assert not use_compiled_backbone(net, "auto", images=10, speed=speed, image_size=16,
-                                     batch_size=4, device=CPU)
+        plan(True)
+    assert not plan("auto").compiled
     with pytest.raises(ConfigError, match="compile='sometimes'"):
-        use_compiled_backbone(net, "sometimes", images=10, speed=speed, image_size=16,
-                              batch_size=4, device=CPU)
+        plan("sometimes")
 
 
 def test_bf16_and_fp32_training_of_the_head_reach_the_same_accuracy(tiny_data, tmp_path):

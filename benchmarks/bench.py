@@ -360,6 +360,7 @@ def run_forward(args) -> dict:
 
 def run_profile(args, data: Path) -> dict:
     """Per-image cost of decoding and of each transform, single process (ms per image)."""
+    from foodnet.data.augment import SeedAugment
     from foodnet.data.images import load_rgb
     from foodnet.data.manifest import read_manifest
     from foodnet.models.sources import create_backbone
@@ -367,7 +368,7 @@ def run_profile(args, data: Path) -> dict:
     # The seed's presets at this size, with the arch's weights' normalisation (as foodnet runs it).
     preprocessing = create_backbone(args.arch, None).preprocessing.override(
         image_size=args.image_size, crop_mode="squash")
-    train_transform = preprocessing.train_transform()
+    train_transform = SeedAugment().transform(preprocessing)
     eval_transform = preprocessing.eval_transform()
 
     samples = read_manifest(data / "train.txt")[: args.profile_images]

@@ -110,13 +110,14 @@ def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
     import torch
 
     from foodnet.data import FoodDataModule
+    from foodnet.data.augment import NoAugment
     from foodnet.models.transfer import create_model
     from foodnet.training.module import FoodClassifier
 
     L.seed_everything(0)
     out = tmp_path_factory.mktemp("tiny_checkpoint")
     datamodule = FoodDataModule(tiny_data["train"], tiny_data["val"], classes=tiny_data["classes"],
-                                preprocessing=seed_preprocessing(32), augment=False,
+                                preprocessing=seed_preprocessing(32), augment=NoAugment(),
                                 batch_size=16, num_workers=0)
     net = create_model("resnet18", num_classes=20, weights=None, freeze=True)
     module = FoodClassifier(net, optimizer=partial(torch.optim.Adam, lr=0.05),

@@ -138,11 +138,13 @@ def test_tensorboard_serves_scalars_images_and_hparams_of_a_run(finished_run, tm
             "colParams": [{"metric": {"tag": "val/acc_best", "group": ""},
                            "includeInResult": True},
                           *[{"hparam": name, "includeInResult": True}
-                            for name in ("lr", "weight_decay", "batch_size", "arch")]],
+                            for name in ("lr", "weight_decay", "batch_size", "arch",
+                                         "augment")]],
         })["sessionGroups"]
         assert len(groups) == 1
+        # augment: the policy's name, from the run's record (the default augment=seed)
         assert groups[0]["hparams"] == {"lr": 0.01, "weight_decay": 1e-4, "batch_size": 16,
-                                        "arch": "resnet18"}
+                                        "arch": "resnet18", "augment": "seed"}
         assert groups[0]["metricValues"][0]["value"] == pytest.approx(metrics["val/acc_best"])
     finally:
         server.stop()

@@ -5,6 +5,7 @@ from conftest import seed_preprocessing
 from PIL import Image
 
 from foodnet.data import FoodDataModule, ManifestDataset
+from foodnet.data.augment import NoAugment, SeedAugment
 from foodnet.data.manifest import read_manifest
 from foodnet.errors import ImageLoadError, ManifestError
 
@@ -31,17 +32,17 @@ def test_decode_error_names_manifest_line_and_image(tmp_path):
 
 def test_image_size_scales_the_seed_presets():
     image = Image.fromarray(np.zeros((50, 80, 3), dtype=np.uint8))
-    assert seed_preprocessing(64).train_transform()(image).shape == (3, 64, 64)
+    assert SeedAugment().transform(seed_preprocessing(64))(image).shape == (3, 64, 64)
     assert seed_preprocessing(64).eval_transform()(image).shape == (3, 64, 64)
-    resize = seed_preprocessing(256).train_transform().transforms[0]
+    resize = SeedAugment().transform(seed_preprocessing(256)).transforms[0]
     assert list(resize.size) == [300, 300]
-    assert [type(t).__name__ for t in seed_preprocessing(64).train_transform(False).transforms] \
+    assert [type(t).__name__ for t in NoAugment().transform(seed_preprocessing(64)).transforms] \
         == ["Resize", "ToTensor", "Normalize"]
 
 
-def test_augment_false_is_deterministic():
+def test_no_augment_is_deterministic():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
-    t = seed_preprocessing(32).train_transform(augment=False)
+    t = NoAugment().transform(seed_preprocessing(32))
     assert torch.equal(t(image), t(image))
 
 

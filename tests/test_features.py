@@ -11,6 +11,7 @@ from conftest import compose_train, seed_preprocessing, subprocess_env, tiny_ove
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from foodnet.data import FoodDataModule
+from foodnet.data.augment import NoAugment, SeedAugment
 from foodnet.data.feature_dataset import FeatureDataset, FeatureSampler, FeatureSet
 from foodnet.models.checkpoint import load_model
 from foodnet.models.transfer import create_model
@@ -139,7 +140,7 @@ def test_augmented_views_are_distinct_and_reproducible(tiny_data, tmp_path):
     net = create_model("resnet18", num_classes=20, weights=None)
 
     def train_views(seed):
-        datamodule = _datamodule(tiny_data)
+        datamodule = _datamodule(tiny_data, augment=SeedAugment())
         (report,) = attach_features(datamodule, net, ["train"], train_views=2, seed=seed,
                                     cache=FeatureCache(tmp_path))
         return report, datamodule.datasets["train"].feature_set
@@ -151,8 +152,9 @@ def test_augmented_views_are_distinct_and_reproducible(tiny_data, tmp_path):
     assert torch.equal(train_views(seed=1)[1].features, views.features)
     assert not train_views(seed=2)[0].cache_hit
 
-    with pytest.raises(ValueError, match="cache_views=2 with data.augment=false"):
-        attach_features(_datamodule(tiny_data, augment=False), net, ["train"], train_views=2)
+    with pytest.raises(ValueError, match="cache_views=2 with augment=none"):
+        attach_features(_datamodule(tiny_data, augment=NoAugment()), net, ["train"],
+                        train_views=2)
 
 
 def test_cache_features_refuses_a_trainable_backbone(tiny_data):
@@ -168,7 +170,7 @@ def test_cache_features_refuses_a_trainable_backbone(tiny_data):
 
 def _run(tiny_data, run_dir, **extra):
     overrides = tiny_overrides(tiny_data, **{
-        "data.augment": "false", "data.batch_size": 80, "trainer.max_epochs": 3,
+        "augment": "none", "data.batch_size": 80, "trainer.max_epochs": 3,
         "trainer.precision": "32-true", **extra})
     metrics = train(compose_train([*overrides, "~logger"], run_dir=run_dir))
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics

@@ -135,7 +135,6 @@ def test_03_offline_weights_message_names_both_ways():
     ({"model.optimizer.lr": "fast"}, "model.optimizer.lr='fast': expected a positive number"),
     ({"data.batch_size": "abc"}, "data.batch_size='abc': expected an integer"),
     ({"seed": "abc"}, "seed='abc': expected an integer"),
-    ({"data.augment": "maybe"}, "data.augment='maybe': expected true or false"),
     ({"+model.lr": 0.5}, "model.lr: no such setting"),
     ({"+data.batchsize": 8}, "data.batchsize: no such setting"),
     ({"data.num_workers": -1}, "data.num_workers=-1: expected auto or an integer >= 0"),
@@ -315,7 +314,7 @@ def test_09_from_folder_one_class_warns_and_newline_name_fails(tiny_data, tmp_pa
 def test_10_full_finetune_with_a_last_batch_of_one(tiny_data, tmp_path):
     # 80 train images at batch size 79: batches of 79 and 1; BatchNorm cannot train on one.
     metrics = train(compose_train(tiny_overrides(tiny_data, **{
-        "finetune": "full", "data.batch_size": 79, "data.augment": "false"}), run_dir=tmp_path))
+        "finetune": "full", "data.batch_size": 79, "augment": "none"}), run_dir=tmp_path))
     assert metrics["status"] == "completed"
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 1  # the lone last sample was left out of the epoch

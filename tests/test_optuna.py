@@ -158,11 +158,13 @@ def test_two_workers_share_one_study_and_a_rerun_resumes_it(tiny_data, tmp_path)
         assert 1e-6 <= params["model.optimizer.weight_decay"] <= 1e-2
         assert params["model.optimizer._target_"] in ("torch.optim.Adam", "torch.optim.AdamW")
         assert params["data.batch_size"] in (16, 32, 64, 128)
-        assert params["data.augment"] in (True, False)
+        assert params["augment"] in ("seed", "none")
         config = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
         assert config["model"]["optimizer"]["lr"] == params["model.optimizer.lr"]
         assert config["data"]["batch_size"] == params["data.batch_size"]
-        assert config["data"]["augment"] == params["data.augment"]
+        assert config["augment"]["_target_"] == {
+            "seed": "foodnet.data.augment.SeedAugment",
+            "none": "foodnet.data.augment.NoAugment"}[params["augment"]]
         assert float(chosen["model.optimizer.lr"]) == params["model.optimizer.lr"]
         assert trial.value == pytest.approx(_metrics(job_dir)["val/acc_best"])
     assert sum("trials started before this worker" in out for out in outputs) == 2

@@ -421,7 +421,7 @@ def test_bf16_and_fp32_training_of_the_head_reach_the_same_accuracy(tiny_data, t
     for precision in (FP32, BF16):
         overrides = tiny_overrides(tiny_data, **{
             "trainer.precision": precision, "cache_features": "true",
-            "cache_dir": tmp_path / "cache", "trainer.max_epochs": 40, "data.augment": "false",
+            "cache_dir": tmp_path / "cache", "trainer.max_epochs": 40, "augment": "none",
             "model.optimizer.lr": 0.01, "data.batch_size": 80})
         metrics = train(compose_train([*overrides, "~logger"], run_dir=tmp_path / precision))
         checkpoint = torch.load(metrics["last_checkpoint"], weights_only=True)

@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, compose_train, subprocess_env, tiny_overrides
 from torch.utils.data import SequentialSampler
 
+from foodnet.data.augment import SeedAugment
 from foodnet.data.sampling import EpochSampler
 from foodnet.train import build
 
@@ -24,7 +26,8 @@ def test_default_config_is_the_seed_recipe():
     assert cfg.trainer.max_epochs == 20
     assert cfg.trainer.accelerator == "auto"
     assert (cfg.data.train_manifest, cfg.data.val_manifest) == ("data/train.txt", "data/test.txt")
-    assert cfg.data.batch_size == 64 and cfg.data.augment is True
+    assert cfg.data.batch_size == 64
+    assert cfg.augment._target_ == "foodnet.data.augment.SeedAugment"  # the seed's transforms
     # The seed's transforms: a 256px square resize, no crop (ImageNet mean/std from the weights).
     assert cfg.model.preprocessing.image_size == 256
     assert cfg.model.preprocessing.crop_mode == "squash"
@@ -34,6 +37,9 @@ def test_build_wires_data_model_and_trainer(tiny_data, tmp_path):
     cfg = compose_train(tiny_overrides(tiny_data, **{"model.optimizer.lr": 0.01}), run_dir=tmp_path)
     datamodule, module, trainer = build(cfg)
     assert datamodule.class_names[0] == "red-disk" and module.class_names == datamodule.class_names
+    # The policy the config chose trains the run and is recorded next to the preprocessing.
+    assert datamodule.augment == SeedAugment()
+    assert module.hparams["augment"] == SeedAugment().to_dict()
     assert module.configure_optimizers().param_groups[0]["lr"] == 0.01
     datamodule.setup("fit")
     assert isinstance(datamodule.train_dataloader().sampler, EpochSampler)  # shuffles per epoch
@@ -61,6 +67,10 @@ def test_train_subprocess_writes_metrics_checkpoints_and_tensorboard(tiny_data, 
     best = Path(metrics["best_checkpoint"])
     assert best.is_file() and best.parent == run_dir / "checkpoints"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    hparams = torch.load(run_dir / "checkpoints" / "last.ckpt",
+                         weights_only=True)["hyper_parameters"]
+    assert hparams["augment"] == SeedAugment().to_dict()
+    assert hparams["preprocessing"]["image_size"] == 32
     events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
 

@@ -31,7 +31,6 @@ class DataSchema:
     test_manifest: str | None = None
     classes: str | None = None
     num_classes: int | None = None
-    augment: bool = MISSING
     batch_size: int = MISSING
     num_workers: Any = MISSING  # auto or an int (checked in check_ranges)
     on_bad_image: str = MISSING
@@ -100,6 +99,7 @@ class TrainSchema(CommonSchema):
     cache_dir: str = MISSING
     model: ModelSchema = field(default_factory=ModelSchema)
     finetune: dict[str, Any] = field(default_factory=dict)  # strategy and its options
+    augment: dict[str, Any] = field(default_factory=dict)  # _target_ (a policy) and its options
     scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
     callbacks: dict[str, Any] | None = field(default_factory=dict)
     logger: dict[str, Any] | None = field(default_factory=dict)

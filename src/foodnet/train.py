@@ -55,8 +55,10 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
     preprocessing = net.preprocessing.override(
         **OmegaConf.to_container(cfg.model.get("preprocessing") or {}, resolve=True))
     log.info("preprocessing: %s", preprocessing.describe())
+    augment = _instantiate(cfg.augment)
     # Partial, then called: instantiate would turn the record (a dataclass) into a DictConfig.
-    datamodule: FoodDataModule = _instantiate(cfg.data, _partial_=True)(preprocessing=preprocessing)
+    datamodule: FoodDataModule = _instantiate(cfg.data, _partial_=True)(
+        preprocessing=preprocessing, augment=augment)
     callbacks = [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if finetuning is not None:
         callbacks.append(finetuning)
@@ -74,6 +76,7 @@ def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
                           resumed=resumed.get(SPEED_KEY) if resumed else None)
     module = FoodClassifier(net, optimizer=instantiate(cfg.model.optimizer),
                             class_names=datamodule.class_names, preprocessing=preprocessing,
+                            augment=augment,
                             scheduler=instantiate(cfg.scheduler.schedule),
                             scheduler_interval=cfg.scheduler.interval,
                             label_smoothing=cfg.model.label_smoothing,

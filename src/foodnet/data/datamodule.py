@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from foodnet.data.augment import Augmentation, NoAugment
 from foodnet.data.check import MAX_REPORTED, check_manifest, format_problems, raise_for_errors
 from foodnet.data.dataset import (
     BAD_IMAGE_POLICIES,
@@ -37,7 +38,7 @@ class FoodDataModule(L.LightningDataModule):
     def __init__(self, train_manifest: str | Path | None, val_manifest: str | Path | None,
                  test_manifest: str | Path | None = None, classes: str | Path | None = None,
                  num_classes: int | None = None, preprocessing: Preprocessing | None = None,
-                 augment: bool = True,
+                 augment: Augmentation | None = None,
                  batch_size: int = 64, num_workers: int | str = "auto",
                  on_bad_image: str = "error", validate: str = "quick", seed: int = 0):
         super().__init__()
@@ -57,7 +58,8 @@ class FoodDataModule(L.LightningDataModule):
         self.num_classes = num_classes or (len(self.class_names) if self.class_names else None)
         # Made once per run from the backbone's weights (train.py); the datamodule only uses it.
         self.preprocessing = preprocessing
-        self.augment = augment
+        # The train-time policy (the `augment` config group; None: none); evaluation never uses it.
+        self.augment = augment if augment is not None else NoAugment()
         self.batch_size = batch_size
         self.num_workers = worker_count(num_workers)
         self.on_bad_image = on_bad_image
@@ -97,12 +99,12 @@ class FoodDataModule(L.LightningDataModule):
             self.datasets[split] = ManifestDataset(samples, self.transform(split == "train"))
 
     def transform(self, train: bool):
-        """The train preset (augmented unless data.augment=false) or the eval preset."""
+        """The train transform (the augment policy's) or the eval preset."""
         if self.preprocessing is None:
             raise ValueError("FoodDataModule needs preprocessing=Preprocessing(...) to build "
                              "datasets (train.py makes it from the backbone's weights)")
         if train:
-            return self.preprocessing.train_transform(self.augment)
+            return self.augment.transform(self.preprocessing)
         return self.preprocessing.eval_transform()
 
     def image_loader(self, split: str, augmented: bool) -> DataLoader:

@@ -1,5 +1,6 @@
 """Preprocessing: one record (input size, resize and crop, mean, std, interpolation) owned by
-the backbone's weights, made once per run, saved in the checkpoint; the train and eval presets."""
+the backbone's weights, made once per run, saved in the checkpoint; the eval preset.
+Train-time augmentation is a separate policy (foodnet.data.augment)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from foodnet.errors import ConfigError
 
 CROP_MODES = ("squash", "center")  # timm's vocabulary: squash = resize to a square, no crop
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
-# The seed resizes to 300 before a 256 crop for training; keep that ratio at any size.
-TRAIN_RESIZE_RATIO = 300 / 256
 
 
 @dataclass(frozen=True)
@@ -95,22 +94,3 @@ class Preprocessing:
         else:
             resize = [T.Resize(self.resize_size, interpolation=mode), T.CenterCrop(size)]
         return T.Compose([*resize, T.ToTensor(), T.Normalize(list(self.mean), list(self.std))])
-
-    def train_transform(self, augment: bool = True) -> T.Compose:
-        """The seed's augmentation at this size; augment=False gives the eval preset."""
-        if not augment:
-            return self.eval_transform()
-        size, mode = self.image_size, self._interpolation()
-        resize = round(size * TRAIN_RESIZE_RATIO)
-        return T.Compose([
-            T.Resize([resize, resize] if self.crop_mode == "squash" else resize,
-                     interpolation=mode),
-            T.RandomRotation(45),
-            T.CenterCrop(size),
-            T.RandomHorizontalFlip(p=0.5),
-            T.RandomVerticalFlip(p=0.5),
-            T.ColorJitter(brightness=0.2, contrast=0.1, saturation=0.1, hue=0.1),
-            T.RandomGrayscale(p=0.1),
-            T.ToTensor(),
-            T.Normalize(list(self.mean), list(self.std)),
-        ])

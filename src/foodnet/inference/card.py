@@ -1,8 +1,9 @@
 """The model card: what a model is and how it was trained, as plain JSON values.
 
-A checkpoint knows its network, classes and preprocessing (hyper_parameters), its epoch, and the
-best val/acc of its run (the state of the ModelCheckpoint that monitors val/acc). Its run folder
-(checkpoints/../.hydra/config.yaml, written by foodnet.train) says what it was trained from.
+A checkpoint knows its network, classes, preprocessing and augmentation (hyper_parameters), its
+epoch, and the best val/acc of its run (the state of the ModelCheckpoint that monitors val/acc).
+Its run folder (checkpoints/../.hydra/config.yaml, written by foodnet.train) says what it was
+trained from.
 An export copies the card of its checkpoint into its sidecar, so the card travels with it.
 """
 
@@ -67,6 +68,8 @@ def checkpoint_card(path: str | Path, checkpoint: dict) -> dict:
         "num_classes": info.num_classes,
         "class_names": info.class_names,
         "preprocessing": info.preprocessing.to_dict(),
+        # The train-time augmentation policy (foodnet.data.augment), None where not recorded.
+        "augment": (checkpoint.get("hyper_parameters") or {}).get("augment"),
         VAL_ACC_BEST: _best_val_acc(checkpoint, run_dir),
         "epochs": epochs if isinstance(epochs, int) else None,
         "trained_at": saved.isoformat(timespec="seconds"),

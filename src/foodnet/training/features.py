@@ -167,9 +167,10 @@ def attach_features(datamodule: FoodDataModule, net: TransferNet, splits: Iterab
                           "(finetune=freeze)")
     if train_views < 1:
         raise ConfigError(f"cache_views={train_views} must be at least 1")
-    if train_views > 1 and not datamodule.augment:
-        raise ConfigError(f"cache_views={train_views} with data.augment=false would store "
-                          f"{train_views} identical views; set cache_views=1 or data.augment=true")
+    if train_views > 1 and not datamodule.augment.random:
+        raise ConfigError(f"cache_views={train_views} with augment={datamodule.augment.name} "
+                          f"would store {train_views} identical views; set cache_views=1 or "
+                          "augment=seed")
     net.to(device)
     weights = state_dict_digest(net.backbone) if cache is not None else ""
     reports = []
@@ -184,6 +185,7 @@ def attach_features(datamodule: FoodDataModule, net: TransferNet, splits: Iterab
             key = cache_key(samples=samples_digest(dataset.samples),
                             transform=repr(dataset.transform), arch=net.arch, weights=weights,
                             preprocessing=datamodule.preprocessing.to_dict(), views=views,
+                            augment=datamodule.augment.to_dict() if augmented else None,
                             seed=seed if augmented else None, precision=precision)
             path = cache.path(split, key)
             feature_set = cache.load(path)

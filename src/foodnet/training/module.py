@@ -18,6 +18,7 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
+from foodnet.data.augment import Augmentation
 from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError
 from foodnet.models.transfer import TransferNet
@@ -50,6 +51,7 @@ class FoodClassifier(L.LightningModule):
 
     def __init__(self, net: TransferNet, optimizer: OptimizerFactory = torch.optim.Adam,
                  class_names: list[str] | None = None, preprocessing: Preprocessing | None = None,
+                 augment: Augmentation | None = None,
                  scheduler: SchedulerFactory | None = None, scheduler_interval: str = "epoch",
                  label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None,
                  speed: SpeedPlan | None = None):
@@ -73,11 +75,14 @@ class FoodClassifier(L.LightningModule):
         # The run's preprocessing record (default: what the backbone's weights expect).
         self.preprocessing = preprocessing or net.preprocessing
         # Plain values only, so checkpoints load with weights_only=True; they are what
-        # evaluate/predict/export need to rebuild the network and its preprocessing. Not sent to
-        # the loggers: a run's params there are its composed config (foodnet.training.tracking).
+        # evaluate/predict/export need to rebuild the network and its preprocessing, and the
+        # record of how it was trained (augment: the train-time policy, None when not given).
+        # Not sent to the loggers: a run's params there are its composed config
+        # (foodnet.training.tracking).
         self.save_hyperparameters({
             "arch": net.arch, "num_classes": net.num_classes, "class_names": self.class_names,
-            "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None},
+            "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
+            "augment": augment.to_dict() if augment is not None else None},
             logger=False)
         num_classes = net.num_classes
         if not 0.0 <= label_smoothing < 1.0:

@@ -190,9 +190,12 @@ class HyperparamsLogger(L.Callback):
             rank_zero_warn(f"HyperparamsLogger: {self.metric} was never logged (no validation?), "
                            "so the HPARAMS tab has no metric for this run")
             return
-        # The input size the run actually used: the weights' own unless the config overrode it.
+        # The input size the run actually used (the weights' own unless the config overrode it)
+        # and its augmentation policy: from the records the checkpoint keeps.
         preprocessing = pl_module.hparams.get("preprocessing") or {}
-        params = {**self.params, "image_size": preprocessing.get("image_size")}
+        augment = pl_module.hparams.get("augment") or {}
+        params = {**self.params, "image_size": preprocessing.get("image_size"),
+                  "augment": augment.get("name")}
         for logger in loggers:
             logger.log_hyperparams(params, {self.metric: float(value)},
                                    step=logged_step(trainer))

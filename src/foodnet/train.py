@@ -245,7 +245,7 @@ def _train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.output_dir)
     log.info("run dir: %s", run_dir)
     check_trainer_keys(cfg.trainer)
-    check_settings(cfg.model.arch, cfg.model.weights, cfg.model.optimizer.get("lr"))
+    check_settings(cfg.model.arch, cfg.model.weights)
     check_cache_features(cfg)
     warn_random_frozen_backbone(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -1,6 +1,6 @@
 """Predict classes of new photos: `python -m foodnet.predict MODEL INPUT... [--topk 5]`.
 
-MODEL is a training checkpoint (.ckpt) or an export (.onnx / TorchScript) with its sidecar JSON.
+MODEL is a training checkpoint (.ckpt) or an export (.onnx / .pt2) with its sidecar JSON.
 INPUT is image files, folders (searched recursively) or .txt lists ("image_path [label]" lines).
 Exit status: 0 every image predicted, 1 some image could not be decoded (each one is reported on
 stderr and in the output, the others are predicted), 2 bad model, input, output or arguments

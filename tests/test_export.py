@@ -112,16 +112,16 @@ def test_onnx_export_uses_the_dynamo_exporter_and_falls_back_with_a_warning(
         assert torch.allclose(torch.from_numpy(probs), net(x).softmax(dim=1), atol=1e-4)
 
 
-def test_a_torchscript_export_is_refused_with_the_way_out(tiny_checkpoint, onnx_file, tmp_path,
-                                                          capsys):
+def test_a_sidecar_of_another_format_is_refused_with_the_way_out(tiny_checkpoint, onnx_file,
+                                                                  tmp_path, capsys):
     old = tmp_path / "food.pt"
     old.write_bytes(b"PK\x03\x04 a TorchScript archive")
     meta = json.loads(onnx_file.with_name("food.onnx.json").read_text())
     (tmp_path / "food.pt.json").write_text(json.dumps({**meta, "format": "torchscript"}))
     assert predict_main([str(old), str(onnx_file)]) == 2
     err = capsys.readouterr().err
-    assert f"error: {old.with_name('food.pt.json')}: a torchscript export, which foodnet no " \
-        "longer reads" in err and "--format pt2" in err
+    assert f"error: {old.with_name('food.pt.json')}: format 'torchscript' is not one of onnx, " \
+        "pt2; re-export with foodnet.export" in err
 
 
 def test_export_errors_name_the_checkpoint(tmp_path, capsys):

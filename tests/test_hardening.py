@@ -20,7 +20,9 @@ from conftest import (
     subprocess_env,
     tiny_overrides,
 )
+from omegaconf import OmegaConf
 
+from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError, InputError, ManifestError, WeightsError
 from foodnet.schema import EvalSchema, TrainSchema, check_config
 from foodnet.train import train
@@ -160,11 +162,17 @@ def test_04_evaluate_checks_image_size(size):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=[f"model.preprocessing.image_size={size}",
                                          "paths.output_dir=x"])
+    # As evaluate does: the schema types the value, the checkpoint's record checks its range.
+    record = Preprocessing(image_size=32, crop_mode="squash", crop_pct=1.0, mean=(0.5,) * 3,
+                           std=(0.5,) * 3, interpolation="bilinear")
     with pytest.raises(ConfigError, match=r"^model.preprocessing.image_size="):
-        check_config(cfg, EvalSchema)
+        typed = check_config(cfg, EvalSchema)
+        record.override(**OmegaConf.to_container(typed.model.preprocessing))
     control = cfg.copy()
     control.model.preprocessing.image_size = None  # null: the checkpoint's size
-    assert check_config(control, EvalSchema).model.preprocessing.image_size is None
+    typed = check_config(control, EvalSchema)
+    assert typed.model.preprocessing.image_size is None
+    assert record.override(**OmegaConf.to_container(typed.model.preprocessing)).image_size == 32
 
 
 def test_04_cli_type_error_is_one_line_exit_2(tmp_path):

@@ -82,7 +82,8 @@ def test_optimizer_holds_everything_when_unfrozen():
 def test_metrics_are_logged_with_split_keys():
     module = FoodClassifier(create_model("resnet18", num_classes=3, weights=None))
     trainer = _fit(module, epochs=2)
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"):
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_top5", "val/f1_macro",
+                "val/acc_best"):
         assert key in trainer.callback_metrics, key
     assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
     metrics = trainer.callback_metrics

@@ -12,6 +12,7 @@ Exit codes, the same for every command (docs/errors.md):
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -119,13 +120,18 @@ def exit_on_user_error() -> Iterator[None]:
 
 
 def run_cli(body: Callable[[], int]) -> int:
-    """The handler of the argparse commands: body's exit code, or after `error: ...` the
-    FoodnetError's; anything else propagates with its traceback."""
+    """exit_on_user_error for the argparse commands, whose main returns the exit code (tests and
+    `sys.exit(main())` read it): body's code, or after `error: ...` the FoodnetError's."""
     try:
-        return body()
-    except Exception as err:
-        user_error = find_user_error(err)
-        if user_error is None:
-            raise
-        log.error("error: %s", user_message(user_error))
-        return user_error.exit_code
+        with exit_on_user_error():
+            return body()
+    except SystemExit as stop:
+        return stop.code
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: the argparse commands' counts (--batch-size, --topk, --threads)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from foodnet.config import CONFIG_DIR
 from foodnet.errors import ConfigError, ManifestError, exit_on_user_error
-from foodnet.reports.metrics import ACC, ACC_TOP5, F1_MACRO, metric
+from foodnet.reports.metrics import SCORES, TEST_ACC
 from foodnet.schema import EvalSchema, check_config
 
 # torch, Lightning and torchvision are imported in evaluate(), so that `--help` and a config
@@ -56,7 +56,7 @@ def _evaluate(cfg: DictConfig) -> dict:
     from foodnet.models.checkpoint import load_model
     from foodnet.reports.evaluation import Evaluator, IndexedDataset, write_misclassified
     from foodnet.reports.figures import confusion_matrix_figure
-    from foodnet.reports.metrics import classification_report, confusion_matrix
+    from foodnet.reports.metrics import classification_report
     from foodnet.speed.plan import resolve_speed
 
     if not cfg.get("ckpt_path"):
@@ -96,20 +96,17 @@ def _evaluate(cfg: DictConfig) -> dict:
     if len(evaluator.labels) != len(samples):
         raise ConfigError(f"evaluated {len(evaluator.labels)} of {len(samples)} images: drop "
                           "trainer.limit_test_batches / fast_dev_run, the report covers all")
+    scores, matrix = classification_report(evaluator.probs, evaluator.labels, class_names)
     report = {"checkpoint": str(cfg.ckpt_path), "test_manifest": str(cfg.data.test_manifest),
-              "preprocessing": preprocessing.to_dict(),
-              **classification_report(evaluator.probs, evaluator.labels, class_names)}
+              "preprocessing": preprocessing.to_dict(), **scores}
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_misclassified(run_dir / "misclassified.csv", samples, evaluator.probs, class_names)
-        matrix = confusion_matrix(evaluator.labels, evaluator.probs.argmax(dim=1),
-                                  info.num_classes)
         confusion_matrix_figure(matrix, class_names, f"test ({len(samples)} images)").savefig(
             run_dir / "confusion.png", dpi=120)
         (run_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False)
                                              + "\n", encoding="utf-8")
-        log.info("%s", "  ".join(f"{metric('test', m)} {report[metric('test', m)]:.4f}"
-                                 for m in (ACC, ACC_TOP5, F1_MACRO))
+        log.info("%s", "  ".join(f"{name} {report[name]:.4f}" for name in SCORES["test"])
                  + f"  ({report['counts']['correct']}/{report['counts']['images']} correct)")
     return report
 
@@ -118,7 +115,7 @@ def _evaluate(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float:
     with exit_on_user_error():
         report = evaluate(cfg)
-    return report[metric("test", ACC)]
+    return report[TEST_ACC]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Predict classes of new photos: `python -m foodnet.predict MODEL INPUT... [--topk 5]`.
 
-MODEL is a training checkpoint (.ckpt) or an export (.onnx / TorchScript) with its sidecar JSON.
+MODEL is a training checkpoint (.ckpt) or an export (.onnx / .pt2) with its sidecar JSON.
 INPUT is image files, folders (searched recursively) or .txt lists ("image_path [label]" lines).
 Exit status: 0 every image predicted, 1 some image could not be decoded (each one is reported on
 stderr and in the output, the others are predicted), 2 bad model, input, output or arguments
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from foodnet.errors import EXIT_OK, EXIT_PARTIAL, run_cli
+from foodnet.errors import EXIT_OK, EXIT_PARTIAL, positive_int, run_cli
 from foodnet.logs import console_logging
 
 # torch comes with foodnet.inference.predictor, imported in run(): `--help` and an argument error
@@ -28,13 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CSV_COLUMNS = ("path", "rank", "label", "class", "prob", "error")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
 
 
 def workers_option(text: str) -> int | str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from foodnet.errors import EXIT_OK, EXIT_SIGNAL_BASE, ConfigError, run_cli
+from foodnet.errors import EXIT_OK, EXIT_SIGNAL_BASE, ConfigError, positive_int, run_cli
 from foodnet.inference.card import model_card
 from foodnet.inference.predictor import open_classifier
 from foodnet.inference.server import create_app
@@ -28,13 +28,6 @@ from foodnet.logs import console_logging
 
 log = logging.getLogger("foodnet.serve")
 MIB = 1024 * 1024
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
 
 
 def non_negative_float(text: str) -> float:

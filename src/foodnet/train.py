@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from foodnet.config import CONFIG_DIR
 from foodnet.errors import ConfigError, exit_on_user_error, find_user_error, user_message
-from foodnet.reports.metrics import ACC, ACC_TOP5, F1_MACRO, PER_CLASS_ACC, VAL_ACC_BEST, metric
+from foodnet.reports.metrics import SCORES, TEST_ACC, TEST_PER_CLASS_ACC, VAL_ACC_BEST
 from foodnet.schema import TrainSchema, check_config
 
 # torch, Lightning and torchvision are imported where they are used, so that `--help` and a
@@ -244,7 +244,7 @@ def _train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.output_dir)
     log.info("run dir: %s", run_dir)
     check_trainer_keys(cfg.trainer)
-    check_settings(cfg.model.arch, cfg.model.weights, cfg.model.optimizer.get("lr"))
+    check_settings(cfg.model.arch, cfg.model.weights)
     check_cache_features(cfg)
     warn_random_frozen_backbone(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -267,13 +267,12 @@ def _train(cfg: DictConfig) -> dict:
                  for c in trainer.callbacks)
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
-    test_metrics = {metric("test", ACC): None}
+    test_metrics = {TEST_ACC: None}
     if cfg.data.get("test_manifest") and not pruned:
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None,
                                weights_only=True, verbose=False)
-        test_metrics = {name: float(results[0][name])
-                        for name in (metric("test", m) for m in (ACC, ACC_TOP5, F1_MACRO))}
-        test_metrics[metric("test", PER_CLASS_ACC)] = module.test_per_class_acc
+        test_metrics = {name: float(results[0][name]) for name in SCORES["test"]}
+        test_metrics[TEST_PER_CLASS_ACC] = module.test_per_class_acc
     best_score = checkpoint.best_model_score if checkpoint else None
     metrics = {
         "status": "pruned" if pruned else "completed",
@@ -309,7 +308,7 @@ def record_failure(cfg: DictConfig, error: str) -> float:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     failure = {"status": "failed", "error": error, VAL_ACC_BEST: None,
-               metric("test", ACC): None, "run_dir": str(run_dir)}
+               TEST_ACC: None, "run_dir": str(run_dir)}
     (run_dir / "metrics.json").write_text(json.dumps(failure, indent=2) + "\n")
     # Sweepers need a number; -inf ranks the job last when maximising val/acc_best.
     return float("-inf")

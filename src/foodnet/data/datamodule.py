@@ -48,8 +48,6 @@ class FoodDataModule(L.LightningDataModule):
         if validate not in VALIDATE_MODES:
             raise ConfigError(f"data.validate={validate!r}: expected one of "
                               f"{', '.join(VALIDATE_MODES)}")
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size={batch_size} must be positive")
         self.manifests = {"train": train_manifest, "val": val_manifest, "test": test_manifest}
         self.class_names = read_classes(classes) if classes else None
         if self.class_names and num_classes is not None and len(self.class_names) != num_classes:

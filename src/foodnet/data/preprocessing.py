@@ -37,7 +37,7 @@ class Preprocessing:
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         problems = []
         if not isinstance(self.image_size, int) or self.image_size < 8:
-            problems.append(f"image_size={self.image_size} must be an integer >= 8")
+            problems.append(f"image_size={self.image_size}: expected an integer >= 8")
         if self.crop_mode not in CROP_MODES:
             problems.append(f"crop_mode={self.crop_mode} must be one of {', '.join(CROP_MODES)}")
         if not 0 < self.crop_pct <= 1:
@@ -49,7 +49,7 @@ class Preprocessing:
             problems.append(f"interpolation={self.interpolation} must be one of "
                             f"{', '.join(INTERPOLATIONS)}")
         if problems:
-            raise ConfigError("model.preprocessing: " + "; ".join(problems))
+            raise ConfigError("; ".join(f"model.preprocessing.{p}" for p in problems))
 
     def override(self, **values: Any) -> Preprocessing:
         """A copy with the given values; None keeps the weights' own value."""

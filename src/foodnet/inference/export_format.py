@@ -11,9 +11,6 @@ from foodnet.errors import ModelFileError
 from foodnet.models.checkpoint import ModelInfo
 
 EXPORT_FORMATS = ("onnx", "pt2")
-# Formats foodnet.export wrote once and no longer reads: why, and the way out.
-RETIRED_FORMATS = {"torchscript": "PyTorch deprecated TorchScript; re-export the checkpoint with "
-                                  "python -m foodnet.export CKPT --format pt2 (torch.export)"}
 INFO_KEYS = tuple(f.name for f in fields(ModelInfo))  # what an export sidecar must record
 
 
@@ -33,9 +30,6 @@ def read_sidecar(model: str | Path) -> dict:
     if missing:
         raise ModelFileError(f"{path}: not a foodnet export sidecar (missing {sorted(missing)}); "
                              "re-export with python -m foodnet.export")
-    if meta["format"] in RETIRED_FORMATS:
-        raise ModelFileError(f"{path}: a {meta['format']} export, which foodnet no longer reads: "
-                             f"{RETIRED_FORMATS[meta['format']]}")
     if meta["format"] not in EXPORT_FORMATS:
         raise ModelFileError(f"{path}: format {meta['format']!r} is not one of "
                              f"{', '.join(EXPORT_FORMATS)}; re-export with foodnet.export")

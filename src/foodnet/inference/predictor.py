@@ -15,7 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from foodnet.data.images import load_rgb
 from foodnet.errors import ImageLoadError, ModelFileError
-from foodnet.inference.export_format import info_from_sidecar, read_sidecar, sidecar_path
+from foodnet.inference.export_format import (
+    EXPORT_FORMATS,
+    info_from_sidecar,
+    read_sidecar,
+    sidecar_path,
+)
 from foodnet.machine import num_workers as worker_count
 from foodnet.machine import resolve_device
 from foodnet.models.checkpoint import ModelInfo, load_model
@@ -99,7 +104,7 @@ def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
             program = move_to_device_pass(program, torch_device)
         return TorchClassifier(program.module(), info_from_sidecar(meta, sidecar_path(path)),
                                path, outputs_probs=True, device=torch_device)
-    if path.suffix.lower() in (".onnx", ".pt2", ".pt", ".ts"):
+    if path.suffix.lower().lstrip(".") in EXPORT_FORMATS:
         raise ModelFileError(f"{path}: no {sidecar_path(path).name} next to it, so its "
                              "preprocessing is unknown; python -m foodnet.export writes both")
     net, info = load_model(path)  # CheckpointError names the file

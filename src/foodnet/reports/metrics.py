@@ -1,5 +1,9 @@
-"""One vocabulary for metrics: the name Lightning logs (TensorBoard's tag) is also the key in
-metrics.json, report.json, MLflow and the sweep summary, e.g. `val/acc_best`, `test/acc_top5`."""
+"""One vocabulary and one implementation for metrics.
+
+The names are what Lightning logs (TensorBoard's tag) and the keys of metrics.json, report.json,
+MLflow and the sweep summary. The values come from torchmetrics, through the same collection in
+training (FoodClassifier) and in evaluate.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +13,41 @@ from typing import TYPE_CHECKING
 # functions that compute.
 if TYPE_CHECKING:
     import torch
+    from torchmetrics import MetricCollection
 
 TOP_K = 5  # the k of */acc_top5 (clamped to the number of classes)
 
-ACC = "acc"
-ACC_TOP5 = "acc_top5"
-F1_MACRO = "f1_macro"
-LOSS = "loss"
-PER_CLASS_ACC = "per_class_acc"
+TRAIN_LOSS = "train/loss"
+TRAIN_ACC = "train/acc"
+VAL_LOSS = "val/loss"
 VAL_ACC = "val/acc"
+VAL_ACC_TOP5 = "val/acc_top5"
+VAL_F1_MACRO = "val/f1_macro"
 VAL_ACC_BEST = "val/acc_best"  # the best val/acc so far: what checkpoints and sweeps rank by
+TEST_LOSS = "test/loss"
 TEST_ACC = "test/acc"
+TEST_ACC_TOP5 = "test/acc_top5"
+TEST_F1_MACRO = "test/f1_macro"
+TEST_PER_CLASS_ACC = "test/per_class_acc"
+
+# The scores of a split that classification_metrics computes: accuracy, top-k accuracy, macro F1.
+SCORES = {"val": (VAL_ACC, VAL_ACC_TOP5, VAL_F1_MACRO),
+          "test": (TEST_ACC, TEST_ACC_TOP5, TEST_F1_MACRO)}
 
 
-def metric(split: str, name: str) -> str:
-    """`split/name`, e.g. metric("test", ACC_TOP5) == "test/acc_top5"."""
-    return f"{split}/{name}"
+def classification_metrics(num_classes: int, split: str) -> MetricCollection:
+    """The split's scores (SCORES[split]) as torchmetrics, keyed by their logged names."""
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-
-def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Counts, true class down, predicted class across."""
-    import torch
-
-    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    matrix.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
-    return matrix
+    acc, acc_top5, f1_macro = SCORES[split]
+    return MetricCollection({
+        acc: MulticlassAccuracy(num_classes, average="micro"),
+        acc_top5: MulticlassAccuracy(num_classes, top_k=min(TOP_K, num_classes),
+                                     average="micro"),
+        # Classes absent from both targets and predictions are left out of the mean.
+        f1_macro: MulticlassF1Score(num_classes, average="macro"),
+    }, compute_groups=False)  # Lightning logs each member on its own: no shared states
 
 
 def per_class_accuracy(confusion: torch.Tensor, class_names: list[str]) -> dict[str, float | None]:
@@ -43,30 +57,24 @@ def per_class_accuracy(confusion: torch.Tensor, class_names: list[str]) -> dict[
             for i, name in enumerate(class_names)}
 
 
-def classification_report(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-                          split: str = "test") -> dict:
-    """Accuracy, top-k, macro F1, per-class accuracy and counts, under this module's names."""
-    import torch
-    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+def classification_report(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str]
+                          ) -> tuple[dict, torch.Tensor]:
+    """The test scores, per-class accuracy and counts under this module's names, and the
+    confusion matrix they come from (true class down, predicted class across)."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
 
     num_classes = len(class_names)
-    preds = probs.argmax(dim=1)
-    images = torch.bincount(labels, minlength=num_classes)
-    correct = torch.bincount(labels[preds == labels], minlength=num_classes)
-    confusion = confusion_matrix(labels, preds, num_classes)
-    return {
-        metric(split, ACC): float(multiclass_accuracy(probs, labels, num_classes,
-                                                      average="micro")),
-        metric(split, ACC_TOP5): float(multiclass_accuracy(
-            probs, labels, num_classes, average="micro", top_k=min(TOP_K, num_classes))),
-        # Classes absent from both labels and predictions are left out of the mean (torchmetrics).
-        metric(split, F1_MACRO): float(multiclass_f1_score(probs, labels, num_classes,
-                                                           average="macro")),
-        metric(split, PER_CLASS_ACC): per_class_accuracy(confusion, class_names),
+    scores = classification_metrics(num_classes, "test")
+    scores.update(probs, labels)
+    confusion = MulticlassConfusionMatrix(num_classes)(probs, labels).cpu()
+    report = {
+        **{name: float(value) for name, value in scores.compute().items()},
+        TEST_PER_CLASS_ACC: per_class_accuracy(confusion, class_names),
         "counts": {
-            "images": len(labels),
-            "correct": int((preds == labels).sum()),
-            "per_class": {name: {"images": int(n), "correct": int(c)}
-                          for name, n, c in zip(class_names, images, correct, strict=True)},
+            "images": int(confusion.sum()),
+            "correct": int(confusion.trace()),
+            "per_class": {name: {"images": int(confusion[i].sum()), "correct": int(confusion[i, i])}
+                          for i, name in enumerate(class_names)},
         },
     }
+    return report, confusion

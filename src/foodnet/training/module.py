@@ -12,17 +12,22 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-)
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from foodnet.data.augment import Augmentation
 from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError
 from foodnet.models.transfer import TransferNet
-from foodnet.reports.metrics import TOP_K, per_class_accuracy
+from foodnet.reports.metrics import (
+    TEST_LOSS,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_ACC_BEST,
+    VAL_LOSS,
+    classification_metrics,
+    per_class_accuracy,
+)
 from foodnet.speed.frozen import FrozenBackbone
 from foodnet.speed.plan import SpeedPlan
 from foodnet.training.schedulers import INTERVALS
@@ -99,14 +104,8 @@ class FoodClassifier(L.LightningModule):
         # val/test loss is plain cross-entropy, comparable across runs whatever the train loss.
         self.loss_fn = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        top_k = min(TOP_K, num_classes)
-        self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
-        self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
-        # Macro F1 averages over the classes present in targets or predictions.
-        self.val_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
-        self.test_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+        self.val_metrics = classification_metrics(num_classes, "val")
+        self.test_metrics = classification_metrics(num_classes, "test")
         self.test_confusion = MulticlassConfusionMatrix(num_classes=num_classes)
         self.test_per_class_acc: dict[str, float | None] = {}
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
@@ -155,20 +154,15 @@ class FoodClassifier(L.LightningModule):
                                label_smoothing=self.label_smoothing)
         self.train_loss(loss.detach())
         self.train_acc(logits.detach(), y)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss, logits, y = self._shared_step(batch)
         self.val_loss(loss, weight=y.numel())
-        self.val_acc(logits, y)
-        self.val_acc_top5(logits, y)
-        self.val_f1(logits, y)
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("val/acc_top5", self.val_acc_top5, on_step=False, on_epoch=True)
-        self.log("val/f1_macro", self.val_f1, on_step=False, on_epoch=True)
+        self.log(VAL_LOSS, self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self._log_scores(self.val_metrics, logits, y, prog_bar=VAL_ACC)
         # For callbacks (the confusion-matrix dashboard) so they need no second forward pass.
         return {"logits": logits.detach(), "target": y}
 
@@ -176,20 +170,22 @@ class FoodClassifier(L.LightningModule):
         # The sanity check must not count towards val/acc_best.
         if self.trainer.sanity_checking:
             return
-        self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.val_acc_best(self.val_metrics[VAL_ACC].compute())
+        self.log(VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True)
 
     def test_step(self, batch, batch_idx):
         loss, logits, y = self._shared_step(batch)
         self.test_loss(loss, weight=y.numel())
-        self.test_acc(logits, y)
-        self.test_acc_top5(logits, y)
-        self.test_f1(logits, y)
         self.test_confusion(logits, y)
-        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
-        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
-        self.log("test/acc_top5", self.test_acc_top5, on_step=False, on_epoch=True)
-        self.log("test/f1_macro", self.test_f1, on_step=False, on_epoch=True)
+        self.log(TEST_LOSS, self.test_loss, on_step=False, on_epoch=True)
+        self._log_scores(self.test_metrics, logits, y, prog_bar=None)
+
+    def _log_scores(self, scores, logits: torch.Tensor, y: torch.Tensor,
+                    prog_bar: str | None) -> None:
+        """Update the split's scores; Lightning computes and syncs them at the epoch's end."""
+        scores.update(logits, y)
+        for name, score in scores.items():
+            self.log(name, score, on_step=False, on_epoch=True, prog_bar=name == prog_bar)
 
     def on_test_epoch_end(self):
         # Per-class accuracy (recall) by class name; None for a class without test images.

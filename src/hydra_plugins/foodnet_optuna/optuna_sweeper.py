@@ -46,6 +46,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from foodnet.errors import ConfigError, exit_on_user_error
+from foodnet.reports.metrics import TEST_ACC, VAL_ACC_BEST
 
 log = logging.getLogger(__name__)
 
@@ -270,8 +271,6 @@ class OptunaSweeper(Sweeper):
         if config is None or OmegaConf.to_container(
                 config.hydra.sweep, resolve=False).get("subdir") != "${hydra.job.num}":
             return
-        from foodnet.reports.metrics import TEST_ACC, VAL_ACC_BEST  # torch: not at Hydra's start
-
         job_dir = Path(str(config.hydra.sweep.dir)) / str(number)
         if job_dir.is_dir() and not (job_dir / "metrics.json").exists():
             (job_dir / "metrics.json").write_text(json.dumps(

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from foodnet.reports.figures import confusion_matrix_figure, figure_to_array, image_grid_figure
+from foodnet.reports.metrics import VAL_ACC_BEST
 from foodnet.training.tracking import mlflow_loggers
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class HyperparamsLogger(L.Callback):
     them from the config, see conf/callbacks/default.yaml).
     """
 
-    def __init__(self, params: dict[str, Any], metric: str = "val/acc_best"):
+    def __init__(self, params: dict[str, Any], metric: str = VAL_ACC_BEST):
         self.params = dict(params)
         self.metric = metric
 

@@ -7,6 +7,7 @@ import logging
 import lightning as L
 
 from foodnet.errors import ConfigError
+from foodnet.reports.metrics import VAL_ACC
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ class OptunaPruning(L.Callback):
     """
 
     def __init__(self, storage: str, study_name: str, trial: int, pruner=None,
-                 monitor: str = "val/acc"):
+                 monitor: str = VAL_ACC):
         self.storage = storage
         self.study_name = study_name
         self.trial_number = int(trial)

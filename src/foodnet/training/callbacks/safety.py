@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from foodnet.errors import NonFiniteLossError
+from foodnet.reports.metrics import TRAIN_LOSS
 from foodnet.training.resume import last_checkpoint_path
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class FiniteLossGuard(L.Callback):
                      f" (global step {trainer.global_step})")
             value = loss.detach().float().item() if bad else "non-finite on another rank"
             raise NonFiniteLossError(
-                f"train/loss is {value} at {where}: stopped before this update; no checkpoint "
+                f"{TRAIN_LOSS} is {value} at {where}: stopped before this update; no checkpoint "
                 "was written from these weights. Lower model.optimizer.lr or check this batch")
 
     def _check_weights(self, trainer, pl_module, when: str) -> None:

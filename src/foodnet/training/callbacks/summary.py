@@ -7,8 +7,10 @@ import time
 
 import lightning as L
 
+from foodnet.reports.metrics import TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_ACC_BEST, VAL_LOSS
+
 log = logging.getLogger(__name__)
-SUMMARY_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
+SUMMARY_KEYS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, VAL_ACC_BEST)
 
 
 class EpochSummary(L.Callback):

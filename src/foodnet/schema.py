@@ -58,6 +58,7 @@ class ModelSchema:
     weights: str | None = None
     label_smoothing: float = MISSING
     class_weights: Any = None  # null, balanced or a list of floats
+    net: dict[str, Any] = field(default_factory=dict)  # what builds the network (_target_)
     optimizer: dict[str, Any] = field(default_factory=dict)
     preprocessing: PreprocessingSchema = field(default_factory=PreprocessingSchema)
 
@@ -99,7 +100,7 @@ class TrainSchema(CommonSchema):
     cache_views: int = MISSING
     cache_dir: str = MISSING
     model: ModelSchema = field(default_factory=ModelSchema)
-    finetune: dict[str, Any] = field(default_factory=dict)  # strategy and its options
+    finetune: dict[str, Any] = field(default_factory=dict)  # the strategy (_target_), its options
     scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
     callbacks: dict[str, Any] | None = field(default_factory=dict)
     logger: dict[str, Any] | None = field(default_factory=dict)
@@ -121,7 +122,6 @@ _RANGES = {
     "model.label_smoothing": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
     "model.optimizer.lr": (float, lambda v: v > 0, "a positive number (the default is 1e-3)"),
     "model.optimizer.weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
-    "finetune.strategy": (str, lambda v: True, "freeze, gradual or full"),
     "trainer.max_epochs": (int, lambda v: v >= 1, "a positive integer"),
     "cache_views": (int, lambda v: v >= 1, "a positive integer"),
     "backbone_batch": ((int, str), lambda v: v == "auto" or (isinstance(v, int) and v >= 1),

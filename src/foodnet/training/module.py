@@ -21,6 +21,7 @@ from torchmetrics.classification import (
 from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError
 from foodnet.models.transfer import TransferNet
+from foodnet.training.finetune import FinetuneStrategy, Freeze, Full
 from foodnet.reports.metrics import TOP_K, per_class_accuracy
 from foodnet.training.schedulers import INTERVALS
 
@@ -50,7 +51,7 @@ class FoodClassifier(L.LightningModule):
                  class_names: list[str] | None = None, preprocessing: Preprocessing | None = None,
                  scheduler: SchedulerFactory | None = None, scheduler_interval: str = "epoch",
                  label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, finetune: FinetuneStrategy | None = None):
         super().__init__()
         self.net = net
         # NHWC layout: oneDNN (CPU) and tensor cores (CUDA) run convolutions faster in it.
@@ -58,6 +59,9 @@ class FoodClassifier(L.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.optimizer_factory = optimizer
+        # How the run trains the network (what is frozen, and for how long): recorded in the
+        # checkpoint; features are reused only when it keeps the backbone frozen throughout.
+        self.finetune = finetune or (Freeze() if net.backbone_frozen else Full())
         if scheduler_interval not in INTERVALS:
             raise ConfigError(f"scheduler.interval={scheduler_interval} must be one of "
                               f"{', '.join(INTERVALS)}")
@@ -71,7 +75,8 @@ class FoodClassifier(L.LightningModule):
         # the loggers: a run's params there are its composed config (foodnet.training.tracking).
         self.save_hyperparameters({
             "arch": net.arch, "num_classes": net.num_classes, "class_names": self.class_names,
-            "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None},
+            "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
+            "finetune": self.finetune.to_dict()},
             logger=False)
         num_classes = net.num_classes
         if not 0.0 <= label_smoothing < 1.0:

@@ -192,7 +192,8 @@ class HyperparamsLogger(L.Callback):
             return
         # The input size the run actually used: the weights' own unless the config overrode it.
         preprocessing = pl_module.hparams.get("preprocessing") or {}
-        params = {**self.params, "image_size": preprocessing.get("image_size")}
+        params = {**self.params, "image_size": preprocessing.get("image_size"),
+                  "finetune": (pl_module.hparams.get("finetune") or {}).get("name")}
         for logger in loggers:
             logger.log_hyperparams(params, {self.metric: float(value)},
                                    step=logged_step(trainer))

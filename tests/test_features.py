@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose_train, seed_preprocessing, subprocess_env, tiny_overrides
+from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from foodnet.data import FoodDataModule
@@ -18,6 +19,7 @@ from foodnet.models.transfer import create_model
 from foodnet.speed.plan import SpeedPlan
 from foodnet.train import build, check_cache_features, train, use_backbone_features
 from foodnet.training.features import FeatureCache, attach_features, extract_features
+from foodnet.training.finetune import Freeze
 from foodnet.training.module import FoodClassifier
 
 BF16 = {"atol": 0.05, "rtol": 0.05}  # bf16 keeps 8 bits of mantissa
@@ -162,7 +164,8 @@ def test_cache_features_refuses_a_trainable_backbone(tiny_data):
                                                      "finetune": "full"}))
     with pytest.raises(ValueError, match="cache_features=true needs finetune=freeze, but "
                                          "finetune=full"):
-        check_cache_features(cfg)
+        check_cache_features(cfg, instantiate(cfg.finetune))
+    check_cache_features(cfg, Freeze())  # the control: a backbone frozen throughout
     net = create_model("resnet18", num_classes=20, weights=None, freeze=False)
     with pytest.raises(ValueError, match="frozen backbone"):
         attach_features(_datamodule(tiny_data), net, ["val"])

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from foodnet.models.transfer import create_model
 from foodnet.train import build
-from foodnet.training.finetune import GradualUnfreezing, create_finetuning, freezes_backbone
+from foodnet.training.finetune import Freeze, Full, Gradual, GradualUnfreezing
 from foodnet.training.module import FoodClassifier
 from foodnet.training.schedulers import cosine_with_warmup, one_cycle, step_decay
 
@@ -210,16 +210,24 @@ def test_unsupported_arch_and_bad_schedule_fail_clearly():
 
 
 def test_the_strategy_alone_decides_what_trains(tiny_data, tmp_path):
-    assert create_finetuning("freeze") is None and freezes_backbone("freeze")
-    assert create_finetuning("full") is None and not freezes_backbone("full")
-    callback = create_finetuning("gradual", unfreeze_last_at=1, unfreeze_all_at=None,
-                                 backbone_lr_factor=0.5, train_bn=True)
-    assert isinstance(callback, GradualUnfreezing) and callback.backbone_lr_factor == 0.5
-    assert not freezes_backbone("gradual")  # its callback freezes, then unfreezes in steps
-    with pytest.raises(ValueError, match="finetune=partial is unknown"):
-        create_finetuning("partial")
-    with pytest.raises(ValueError, match="finetune=full takes no options, got train_bn"):
-        create_finetuning("full", train_bn=True)
+    for strategy, trains_backbone, reusable in ((Freeze(), False, True), (Full(), True, False)):
+        net = create_model("resnet18", num_classes=3, weights=None, freeze=not trains_backbone)
+        strategy.prepare(net)
+        assert any(p.requires_grad for p in net.backbone.parameters()) is trains_backbone
+        assert strategy.callback() is None
+        assert strategy.backbone_frozen_throughout is reusable
+    gradual = Gradual(unfreeze_last_at=1, unfreeze_all_at=None, backbone_lr_factor=0.5,
+                      train_bn=True)
+    assert isinstance(gradual.callback(), GradualUnfreezing)
+    assert gradual.callback().backbone_lr_factor == 0.5
+    # Its callback freezes, then unfreezes in steps: the features change during the run.
+    assert not gradual.backbone_frozen_throughout
+    assert gradual.to_dict() == {"name": "gradual", "unfreeze_last_at": 1, "unfreeze_all_at": None,
+                                 "backbone_lr_factor": 0.5, "train_bn": True}
+    with pytest.raises(ConfigCompositionException, match="finetune/partial"):
+        compose_train(tiny_overrides(tiny_data, finetune="partial"))
+    with pytest.raises(ConfigCompositionException, match="train_bn"):
+        compose_train(tiny_overrides(tiny_data, finetune="full", **{"finetune.train_bn": "true"}))
     # No second key can contradict it: model.freeze does not exist.
     with pytest.raises(ConfigCompositionException, match="model.freeze"):
         compose_train(tiny_overrides(tiny_data, **{"model.freeze": "false"}))
@@ -232,7 +240,7 @@ def test_the_strategy_alone_decides_what_trains(tiny_data, tmp_path):
 
 def test_finetune_choices_in_the_real_config(tiny_data, tmp_path):
     cfg = compose_train(tiny_overrides(tiny_data), run_dir=tmp_path)
-    assert cfg.finetune.strategy == "freeze"
+    assert cfg.finetune._target_.endswith(".Freeze")
     _, module, trainer = build(cfg)
     assert module.net.backbone_frozen
     assert not any(isinstance(c, GradualUnfreezing) for c in trainer.callbacks)

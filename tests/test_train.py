@@ -20,7 +20,8 @@ def test_default_config_is_the_seed_recipe():
     assert cfg.model.arch == "resnet152"
     assert cfg.model.num_classes == 20
     assert cfg.model.weights == "DEFAULT"
-    assert cfg.finetune.strategy == "freeze"  # the one key that decides what trains
+    assert cfg.finetune._target_ == "foodnet.training.finetune.Freeze"  # alone decides what trains
+    assert cfg.model.net._target_ == "foodnet.models.transfer.create_model"
     assert cfg.model.optimizer._target_ == "torch.optim.Adam"
     assert cfg.model.optimizer.lr == 1e-3
     assert cfg.trainer.max_epochs == 20

@@ -279,7 +279,7 @@ def test_early_stopping_on_stalled_val_acc_and_metrics_json(tiny_data, tmp_path)
 def test_demo_experiment_is_the_seed_recipe_on_the_pretrained_lite0():
     cfg = compose_train(["experiment=demo"])
     assert (cfg.model.arch, cfg.model.weights) == ("efficientnet_lite0", "DEFAULT")
-    assert cfg.finetune.strategy == "freeze" and "freeze" not in cfg.model
+    assert cfg.finetune._target_.endswith(".Freeze") and "freeze" not in cfg.model.net
     assert cfg.scheduler.schedule is None  # the seed's constant learning rate
     assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-3
     assert cfg.cache_features is True

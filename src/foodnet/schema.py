@@ -57,6 +57,7 @@ class ModelSchema:
     weights: str | None = None
     label_smoothing: float = MISSING
     class_weights: Any = None  # null, balanced or a list of floats
+    net: dict[str, Any] = field(default_factory=dict)  # what builds the network (_target_)
     optimizer: dict[str, Any] = field(default_factory=dict)
     preprocessing: PreprocessingSchema = field(default_factory=PreprocessingSchema)
 
@@ -98,7 +99,7 @@ class TrainSchema(CommonSchema):
     cache_views: int = MISSING
     cache_dir: str = MISSING
     model: ModelSchema = field(default_factory=ModelSchema)
-    finetune: dict[str, Any] = field(default_factory=dict)  # strategy and its options
+    finetune: dict[str, Any] = field(default_factory=dict)  # the strategy (_target_), its options
     augment: dict[str, Any] = field(default_factory=dict)  # _target_ (a policy) and its options
     scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
     callbacks: dict[str, Any] | None = field(default_factory=dict)
@@ -113,7 +114,7 @@ class EvalSchema(CommonSchema):
 # (key, type, test, what it must be): ranges checked once the types are. Only for values that
 # no foodnet class checks as it takes them (a dict handed to a library, a value handed to torch's
 # DataLoader by two entry points); the others are checked by their class (FoodDataModule,
-# Preprocessing, create_model, FoodClassifier, create_finetuning, attach_features).
+# Preprocessing, create_model, FoodClassifier, the fine-tuning strategies, attach_features).
 _RANGES = {
     "data.batch_size": (int, lambda v: v >= 1, "a positive integer"),
     "data.num_workers": ((int, str), lambda v: v == "auto" or (isinstance(v, int) and v >= 0),

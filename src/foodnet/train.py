@@ -25,81 +25,88 @@ from foodnet.schema import TrainSchema, check_config
 if TYPE_CHECKING:
     import lightning as L
 
+    from foodnet.data.augment import Augmentation
     from foodnet.data.datamodule import FoodDataModule
+    from foodnet.models.transfer import TransferNet
+    from foodnet.speed.plan import SpeedPlan
+    from foodnet.training.finetune import FinetuneStrategy
     from foodnet.training.module import FoodClassifier
+    from foodnet.training.resume import ResumePoint
 
 log = logging.getLogger(__name__)
 
 
-def build(cfg: DictConfig) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
-    """Instantiate the datamodule, the LightningModule and the Trainer from a composed config,
-    with this machine's speed settings resolved for the run's backbone."""
-    from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+def build(cfg: DictConfig, resume: ResumePoint | None = None,
+          ) -> tuple[FoodDataModule, FoodClassifier, L.Trainer]:
+    """The run's parts, each from its config group, in the order they depend on each other."""
+    from foodnet.training.module import FoodClassifier
 
-    from foodnet.machine import resolve_device
-    from foodnet.models.checkpoint import read_checkpoint
-    from foodnet.models.transfer import create_model
-    from foodnet.speed.plan import resolve_speed
-    from foodnet.training.finetune import create_finetuning, freezes_backbone
-    from foodnet.training.module import SPEED_KEY, FoodClassifier
-    from foodnet.training.resume import resolve_ckpt_path
-    from foodnet.training.tracking import default_run_name
-
-    finetune_options = OmegaConf.to_container(cfg.finetune, resolve=True)
-    strategy = finetune_options.pop("strategy")
-    finetuning = create_finetuning(strategy, **finetune_options)
-    net = create_model(cfg.model.arch, cfg.model.num_classes, cfg.model.weights,
-                       freeze=freezes_backbone(strategy))
+    strategy: FinetuneStrategy = _instantiate(cfg.finetune)
+    check_cache_features(cfg, strategy)
+    warn_random_frozen_backbone(cfg.model.weights, strategy)
+    net: TransferNet = _instantiate(cfg.model.net)
+    strategy.prepare(net)
     # The run's one preprocessing record: the weights' own, with model.preprocessing's values.
     preprocessing = net.preprocessing.override(
-        **OmegaConf.to_container(cfg.model.get("preprocessing") or {}, resolve=True))
+        **OmegaConf.to_container(cfg.model.preprocessing, resolve=True))
     log.info("preprocessing: %s", preprocessing.describe())
-    augment = _instantiate(cfg.augment)
-    # Partial, then called: instantiate would turn the record (a dataclass) into a DictConfig.
+    augment: Augmentation = _instantiate(cfg.augment)
+    # Partial, then called: instantiate would turn the records (dataclasses) into DictConfigs.
     datamodule: FoodDataModule = _instantiate(cfg.data, _partial_=True)(
         preprocessing=preprocessing, augment=augment)
-    callbacks = [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    if finetuning is not None:
-        callbacks.append(finetuning)
-    # A resumed run keeps its precision and layout: read them before the Trainer is built.
-    checkpoint_callback = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_callback)
-    resumed = read_checkpoint(ckpt_path) if ckpt_path is not None else None
-    speed = resolve_speed(net.backbone, arch=net.arch, image_size=preprocessing.image_size,
-                          device=resolve_device(cfg.trainer.accelerator),
-                          batch_size=cfg.data.batch_size, precision=cfg.trainer.precision,
-                          channels_last=cfg.get("channels_last", "auto"),
-                          backbone_batch=cfg.get("backbone_batch", "auto"),
-                          compile=cfg.get("compile", False),
-                          images=_backbone_passes(cfg, resumed),
-                          resumed=resumed.get(SPEED_KEY) if resumed else None)
-    module = FoodClassifier(net, optimizer=instantiate(cfg.model.optimizer),
+    callbacks, loggers = _callbacks_and_loggers(cfg, strategy)
+    speed = _speed_plan(cfg, net, preprocessing.image_size, strategy, resume)
+    module = FoodClassifier(net, optimizer=_instantiate(cfg.model.optimizer),
                             class_names=datamodule.class_names, preprocessing=preprocessing,
-                            augment=augment,
-                            scheduler=instantiate(cfg.scheduler.schedule),
+                            augment=augment, finetune=strategy, speed=speed,
+                            scheduler=_instantiate(cfg.scheduler.schedule),
                             scheduler_interval=cfg.scheduler.interval,
                             label_smoothing=cfg.model.label_smoothing,
                             class_weights=_class_weights(cfg.model.class_weights, datamodule,
-                                                         cfg.model.num_classes),
-                            speed=speed)
-    run_dir = Path(cfg.paths.output_dir)
-    loggers = [_instantiate(c, **default_run_name(c, run_dir))
-               for c in (cfg.get("logger") or {}).values()]
-    if not loggers:  # `~logger`: the learning-rate monitor has nowhere to write and would refuse
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+                                                         cfg.model.num_classes))
     trainer: L.Trainer = _instantiate(cfg.trainer, precision=speed.precision,
                                       callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer
 
 
-def _backbone_passes(cfg: DictConfig, resumed: dict | None) -> int:
+def _callbacks_and_loggers(cfg: DictConfig, strategy: FinetuneStrategy) -> tuple[list, list]:
+    """callbacks.* and logger.*, plus the strategy's own callback (gradual unfreezing)."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from foodnet.training.tracking import default_run_name
+
+    callbacks = [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if strategy.callback() is not None:
+        callbacks.append(strategy.callback())
+    run_dir = Path(cfg.paths.output_dir)
+    loggers = [_instantiate(c, **default_run_name(c, run_dir))
+               for c in (cfg.get("logger") or {}).values()]
+    if not loggers:  # `~logger`: the learning-rate monitor has nowhere to write and would refuse
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return callbacks, loggers
+
+
+def _speed_plan(cfg: DictConfig, net: TransferNet, image_size: int,
+                strategy: FinetuneStrategy, resume: ResumePoint | None) -> SpeedPlan:
+    """This machine's speed settings for the run's backbone (docs/speed.md); a resumed run keeps
+    the precision and layout it started with."""
+    from foodnet.machine import resolve_device
+    from foodnet.speed.plan import resolve_speed
+
+    return resolve_speed(net.backbone, arch=net.arch, image_size=image_size,
+                         device=resolve_device(cfg.trainer.accelerator),
+                         batch_size=cfg.data.batch_size, precision=cfg.trainer.precision,
+                         channels_last=cfg.channels_last, backbone_batch=cfg.backbone_batch,
+                         compile=cfg.compile, images=_backbone_passes(cfg, strategy, resume),
+                         resumed=resume.speed if resume else None)
+
+
+def _backbone_passes(cfg: DictConfig, strategy: FinetuneStrategy,
+                     resume: ResumePoint | None) -> int:
     """About how many images the frozen backbone will see in this run (what compiling can speed
     up): cache_features: each split once (train once per view); otherwise the train set every
     epoch left and the validation set once (its features are computed once)."""
-    from foodnet.training.resume import epochs_trained
-
-    if cfg.finetune.strategy != "freeze":
+    if not strategy.backbone_frozen_throughout:
         return 0
     trainer = cfg.trainer
     limit = trainer.get("limit_train_batches")
@@ -107,14 +114,13 @@ def _backbone_passes(cfg: DictConfig, resumed: dict | None) -> int:
         return 0  # a partial run (debug): not worth a compile
     sizes = {split: _count_lines(cfg.data.get(f"{split}_manifest"))
              for split in ("train", "val", "test")}
-    if cfg.get("cache_features"):
-        return sizes["train"] * cfg.get("cache_views", 1) + sizes["val"] + sizes["test"]
+    if cfg.cache_features:
+        return sizes["train"] * cfg.cache_views + sizes["val"] + sizes["test"]
     epochs = trainer.get("max_epochs")
     if epochs is None:  # Lightning's default: 1000 epochs, unless max_steps limits the run
         epochs = 1000 if trainer.get("max_steps", -1) in (None, -1) else 1
     epochs = epochs if epochs >= 0 else 1
-    return sizes["train"] * max(epochs - (epochs_trained(resumed) if resumed else 0), 0) + \
-        sizes["val"]
+    return sizes["train"] * max(epochs - (resume.epochs_done if resume else 0), 0) + sizes["val"]
 
 
 def _count_lines(manifest: str | None) -> int:
@@ -155,12 +161,12 @@ def _class_weights(option, datamodule: FoodDataModule, num_classes: int) -> list
     return [float(w) for w in option]
 
 
-def check_cache_features(cfg: DictConfig) -> None:
-    """The one check that features are reusable: only a backbone frozen for the whole run (the
-    fine-tuning strategy alone decides that) gives the same features every epoch."""
-    if cfg.get("cache_features") and cfg.finetune.strategy != "freeze":
+def check_cache_features(cfg: DictConfig, strategy: FinetuneStrategy) -> None:
+    """Features are reusable only while the backbone stays frozen for the whole run, which the
+    fine-tuning strategy alone decides."""
+    if cfg.cache_features and not strategy.backbone_frozen_throughout:
         raise ConfigError(f"cache_features=true needs finetune=freeze, but finetune="
-                          f"{cfg.finetune.strategy} trains the backbone, so its features change; "
+                          f"{strategy.name} trains the backbone, so its features change; "
                           "set finetune=freeze, or cache_features=false")
 
 
@@ -181,11 +187,11 @@ def use_backbone_features(cfg: DictConfig, datamodule: FoodDataModule, module: F
     """
     from foodnet.training.features import FeatureCache, attach_features
 
-    frozen = cfg.finetune.strategy == "freeze"
-    if cfg.get("cache_features"):
+    if cfg.cache_features:
         splits = [s for s in ("train", "val", "test") if cfg.data.get(f"{s}_manifest")]
         cache = FeatureCache(cfg.cache_dir)
-    elif frozen and cfg.data.get("val_manifest") and validates_everything(trainer):
+    elif module.finetune.backbone_frozen_throughout and cfg.data.get("val_manifest") \
+            and validates_everything(trainer):
         splits, cache = ["val"], None
     else:
         return
@@ -212,14 +218,14 @@ def check_trainer_keys(trainer_cfg) -> None:
                           "the spelling (python -m foodnet.train --cfg job lists every key)")
 
 
-def warn_random_frozen_backbone(cfg: DictConfig) -> None:
-    """model.weights=null with finetune=freeze trains a head on random features: allowed (speed
+def warn_random_frozen_backbone(weights: str | None, strategy: FinetuneStrategy) -> None:
+    """model.weights=null with a frozen backbone trains a head on random features: allowed (speed
     benchmarks of the recipe use it), but said once, with the fix."""
-    if cfg.model.weights is None and cfg.finetune.strategy == "freeze":
-        log.warning("model.weights=null with finetune=freeze: the backbone stays RANDOM and only "
+    if weights is None and strategy.backbone_frozen_throughout:
+        log.warning("model.weights=null with finetune=%s: the backbone stays RANDOM and only "
                     "the head trains, which learns little. For a real model use "
                     "finetune=full (train everything from scratch) or real pretrained weights "
-                    "(model.weights=DEFAULT, or a .pth file)")
+                    "(model.weights=DEFAULT, or a .pth file)", strategy.name)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -237,30 +243,31 @@ def _train(cfg: DictConfig) -> dict:
 
     from foodnet.training.callbacks.pruning import OptunaPruning
     from foodnet.training.preflight import check_settings
-    from foodnet.training.resume import check_resume, resolve_ckpt_path
+    from foodnet.training.resume import find_resume
     from foodnet.training.tracking import log_outcome, log_params, mlflow_loggers
     from foodnet.training.trainer import expected_warnings
 
     run_dir = Path(cfg.paths.output_dir)
     log.info("run dir: %s", run_dir)
+    # What can be checked from the config alone, before anything heavy is built or read.
     check_trainer_keys(cfg.trainer)
     check_settings(cfg.model.arch, cfg.model.weights)
-    check_cache_features(cfg)
-    warn_random_frozen_backbone(cfg)
+    resume = find_resume(cfg.ckpt_path,
+                         OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath"),
+                         arch=cfg.model.arch, num_classes=cfg.model.num_classes,
+                         max_epochs=cfg.trainer.max_epochs)
+    if resume is not None:
+        log.info("resuming from %s", resume.path)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module, trainer = build(cfg)
-    # Resume: vet the checkpoint (weights_only, same model, epochs left) before Lightning loads it.
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), trainer.checkpoint_callback)
-    if ckpt_path is not None:
-        check_resume(ckpt_path, cfg.model.arch, cfg.model.num_classes, trainer.max_epochs)
-        log.info("resuming from %s", ckpt_path)
+    datamodule, module, trainer = build(cfg, resume)
     # Read every manifest of the run now (train, val and test): all problems of all splits are
     # reported at once, before the first epoch.
     datamodule.setup()
     use_backbone_features(cfg, datamodule, module, trainer)
     log_params(trainer.loggers, OmegaConf.to_container(cfg, resolve=True))
     with expected_warnings():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(module, datamodule=datamodule,
+                    ckpt_path=resume.path if resume else None, weights_only=True)
 
     # An Optuna trial that its pruner stopped: a normal end, but no test (docs/search.md).
     pruned = any(isinstance(c, OptunaPruning) and c.pruned_epoch is not None

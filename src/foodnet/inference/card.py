@@ -44,7 +44,6 @@ def _training_config(run_dir: Path) -> dict:
     found = {"train_manifest": data.get("train_manifest"),
              "val_manifest": data.get("val_manifest"),
              "weights": model.get("weights"),
-             "finetune": (cfg.get("finetune") or {}).get("strategy"),
              "max_epochs": (cfg.get("trainer") or {}).get("max_epochs")}
     # Unresolved interpolations (${...}) say nothing to a reader of the card.
     return {key: value for key, value in found.items()
@@ -70,6 +69,7 @@ def checkpoint_card(path: str | Path, checkpoint: dict) -> dict:
         "preprocessing": info.preprocessing.to_dict(),
         # The train-time augmentation policy (foodnet.data.augment), None where not recorded.
         "augment": (checkpoint.get("hyper_parameters") or {}).get("augment"),
+        "finetune": (checkpoint["hyper_parameters"].get("finetune") or {}).get("name"),
         VAL_ACC_BEST: _best_val_acc(checkpoint, run_dir),
         "epochs": epochs if isinstance(epochs, int) else None,
         "trained_at": saved.isoformat(timespec="seconds"),

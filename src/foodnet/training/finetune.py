@@ -1,4 +1,5 @@
-"""Fine-tuning strategies: freeze (the seed), full, and gradual unfreezing as a callback."""
+"""Fine-tuning strategies (the `finetune` config group): freeze (the seed), full, and gradual
+unfreezing as a callback. Each is an object; nothing outside them compares strategy names."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ from torch.optim import Optimizer
 
 from foodnet.errors import ConfigError
 from foodnet.models.sources import backbone_stages as stages_of
-from foodnet.models.transfer import TransferNet
+from foodnet.models.transfer import TransferNet, set_backbone_trainable
 
-STRATEGIES = ("freeze", "gradual", "full")
 # Param-group keys that hold learning rates (torch's schedulers add initial_lr, max_lr, min_lr).
 LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 
@@ -135,23 +135,59 @@ def add_scaled_param_group(optimizer: Optimizer, params: list[nn.Parameter], fac
                 base_lrs.append(base_lrs[0] * factor)
 
 
-def freezes_backbone(strategy: str) -> bool:
-    """Whether the model is built with a frozen backbone: only for finetune=freeze (gradual's
-    callback freezes it itself before training, then unfreezes it in steps)."""
-    check_strategy(strategy)
-    return strategy == "freeze"
+class FinetuneStrategy:
+    """What a fine-tuning strategy decides, and the only place that decides it: which parameters
+    train at the start, the callback that changes that during the run, and whether the backbone
+    stays frozen for the whole run (then its features can be computed once and reused)."""
+
+    name: str = ""
+    backbone_frozen_throughout: bool = False
+
+    def prepare(self, net: TransferNet) -> None:
+        """Set which parameters of a freshly built network train from the first epoch."""
+        set_backbone_trainable(net, True)
+
+    def callback(self) -> L.Callback | None:
+        """The callback that changes what trains during the run, if any."""
+        return None
+
+    def to_dict(self) -> dict:
+        """Plain values for the checkpoint and the model card: the name and the options."""
+        return {"name": self.name}
 
 
-def check_strategy(strategy: str) -> None:
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"finetune={strategy} is unknown; choose one of {', '.join(STRATEGIES)}")
+class Freeze(FinetuneStrategy):
+    """The seed: the backbone stays frozen (and in eval mode) for the whole run; the head trains."""
+
+    name = "freeze"
+    backbone_frozen_throughout = True
+
+    def prepare(self, net: TransferNet) -> None:
+        set_backbone_trainable(net, False)
 
 
-def create_finetuning(strategy: str, **options) -> GradualUnfreezing | None:
-    """The callback for finetune=<strategy> (None for freeze and full)."""
-    check_strategy(strategy)
-    if strategy == "gradual":
-        return GradualUnfreezing(**options)
-    if options:
-        raise ConfigError(f"finetune={strategy} takes no options, got {', '.join(options)}")
-    return None
+class Full(FinetuneStrategy):
+    """Everything trains from the first epoch."""
+
+    name = "full"
+
+
+class Gradual(FinetuneStrategy):
+    """The head first, then also the last backbone stage, then the whole backbone
+    (GradualUnfreezing freezes the backbone itself before training starts)."""
+
+    name = "gradual"
+
+    def __init__(self, unfreeze_last_at: int, unfreeze_all_at: int | None,
+                 backbone_lr_factor: float, train_bn: bool):
+        self.unfreezing = GradualUnfreezing(unfreeze_last_at, unfreeze_all_at,
+                                            backbone_lr_factor, train_bn)
+
+    def callback(self) -> GradualUnfreezing:
+        return self.unfreezing
+
+    def to_dict(self) -> dict:
+        u = self.unfreezing
+        return {"name": self.name, "unfreeze_last_at": u.unfreeze_last_at,
+                "unfreeze_all_at": u.unfreeze_all_at,
+                "backbone_lr_factor": u.backbone_lr_factor, "train_bn": u.train_bn}

@@ -30,6 +30,7 @@ from foodnet.reports.metrics import (
 )
 from foodnet.speed.frozen import FrozenBackbone
 from foodnet.speed.plan import SpeedPlan
+from foodnet.training.finetune import FinetuneStrategy, Freeze, Full
 from foodnet.training.schedulers import INTERVALS
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -59,7 +60,7 @@ class FoodClassifier(L.LightningModule):
                  augment: Augmentation | None = None,
                  scheduler: SchedulerFactory | None = None, scheduler_interval: str = "epoch",
                  label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None,
-                 speed: SpeedPlan | None = None):
+                 speed: SpeedPlan | None = None, finetune: FinetuneStrategy | None = None):
         super().__init__()
         self.net = net
         # How this run computes (speed.plan); the Trainer applies its precision.
@@ -71,6 +72,9 @@ class FoodClassifier(L.LightningModule):
         self.frozen_backbone = FrozenBackbone(net.backbone, self.speed,
                                               name=f"{net.arch} backbone")
         self.optimizer_factory = optimizer
+        # How the run trains the network (what is frozen, and for how long): recorded in the
+        # checkpoint; features are reused only when it keeps the backbone frozen throughout.
+        self.finetune = finetune or (Freeze() if net.backbone_frozen else Full())
         if scheduler_interval not in INTERVALS:
             raise ConfigError(f"scheduler.interval={scheduler_interval} must be one of "
                               f"{', '.join(INTERVALS)}")
@@ -87,7 +91,8 @@ class FoodClassifier(L.LightningModule):
         self.save_hyperparameters({
             "arch": net.arch, "num_classes": net.num_classes, "class_names": self.class_names,
             "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
-            "augment": augment.to_dict() if augment is not None else None},
+            "augment": augment.to_dict() if augment is not None else None,
+            "finetune": self.finetune.to_dict()},
             logger=False)
         num_classes = net.num_classes
         if not 0.0 <= label_smoothing < 1.0:

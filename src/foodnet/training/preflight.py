@@ -4,7 +4,7 @@ The rest is checked where it is first read, still before training starts: types 
 of values no class takes (foodnet.schema), classes.txt against model.num_classes
 (FoodDataModule), the labels against model.num_classes (the manifests, read before fit), a
 weights file against the arch (create_model), and a resumed checkpoint against the config and
-trainer.max_epochs (foodnet.training.resume.check_resume).
+trainer.max_epochs (foodnet.training.resume.find_resume).
 """
 
 from __future__ import annotations

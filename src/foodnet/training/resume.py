@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -12,28 +13,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from foodnet.errors import CheckpointError, ConfigError
 from foodnet.models.checkpoint import read_checkpoint
+from foodnet.training.module import SPEED_KEY
 
 
 def last_checkpoint_path(checkpoint: ModelCheckpoint) -> Path:
     """<checkpoint dir>/last.ckpt: where every epoch and every signal leaves the latest state."""
     name = checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION
     return Path(checkpoint.dirpath) / name
-
-
-def resolve_ckpt_path(value: str | Path | None, checkpoint: ModelCheckpoint | None) -> Path | None:
-    """`ckpt_path`: None, `last` (this run folder's last.ckpt) or a file path."""
-    if value is None:
-        return None
-    if str(value) != "last":
-        return Path(value)
-    if checkpoint is None or checkpoint.dirpath is None:
-        raise ConfigError("ckpt_path=last needs the model_checkpoint callback (callbacks=default)")
-    path = last_checkpoint_path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: ckpt_path=last found no checkpoint. Pass the folder of the run to resume, "
-            "hydra.run.dir=outputs/train/<date_time>, or a file: ckpt_path=/path/to/file.ckpt")
-    return path
 
 
 def epochs_trained(checkpoint: dict) -> int:
@@ -44,8 +30,32 @@ def epochs_trained(checkpoint: dict) -> int:
         return int(checkpoint.get("epoch", 0))
 
 
-def check_resume(path: Path, arch: str, num_classes: int, max_epochs: int | None) -> dict:
-    """Read the checkpoint safely (weights_only) and check that this config can continue it."""
+@dataclass(frozen=True)
+class ResumePoint:
+    """A vetted checkpoint to continue from: what the run needs of it before Lightning loads it."""
+
+    path: Path
+    epochs_done: int
+    speed: dict  # the precision and layout it was trained in (kept by the resumed run)
+
+
+def find_resume(value: str | Path | None, last_dir: str | Path | None, *, arch: str,
+                num_classes: int, max_epochs: int | None) -> ResumePoint | None:
+    """`ckpt_path`: None, `last` (last.ckpt in `last_dir`) or a file; read once, safely
+    (weights_only), and checked against this config before anything is built."""
+    if value is None:
+        return None
+    if str(value) != "last":
+        path = Path(value)
+    elif last_dir is None:
+        raise ConfigError("ckpt_path=last needs the last_checkpoint callback (callbacks=default)")
+    else:
+        path = Path(last_dir) / "last.ckpt"
+        if not path.is_file():
+            raise CheckpointError(
+                f"{path}: ckpt_path=last found no checkpoint. Pass the folder of the run to "
+                "resume, hydra.run.dir=outputs/train/<date_time>, or a file: "
+                "ckpt_path=/path/to/file.ckpt")
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
     if (hparams["arch"], int(hparams["num_classes"])) != (arch, num_classes):
@@ -59,7 +69,7 @@ def check_resume(path: Path, arch: str, num_classes: int, max_epochs: int | None
     if max_epochs is not None and 0 <= max_epochs < done:
         raise ConfigError(f"trainer.max_epochs={max_epochs} is below the {done} epochs that "
                           f"{path} has already trained; set trainer.max_epochs={done} or more")
-    return checkpoint
+    return ResumePoint(path, done, dict(checkpoint.get(SPEED_KEY) or {}))
 
 
 class RNGState(L.Callback):

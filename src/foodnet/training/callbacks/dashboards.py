@@ -196,7 +196,8 @@ class HyperparamsLogger(L.Callback):
         preprocessing = pl_module.hparams.get("preprocessing") or {}
         augment = pl_module.hparams.get("augment") or {}
         params = {**self.params, "image_size": preprocessing.get("image_size"),
-                  "augment": augment.get("name")}
+                  "augment": augment.get("name"),
+                  "finetune": (pl_module.hparams.get("finetune") or {}).get("name")}
         for logger in loggers:
             logger.log_hyperparams(params, {self.metric: float(value)},
                                    step=logged_step(trainer))

@@ -86,7 +86,7 @@ def _evaluate(cfg: DictConfig) -> dict:
     speed = resolve_speed(net.backbone, arch=net.arch, image_size=preprocessing.image_size,
                           device=resolve_device(cfg.trainer.accelerator),
                           batch_size=cfg.data.batch_size, precision=cfg.trainer.precision,
-                          channels_last=cfg.get("channels_last", "auto"))
+                          channels_last=cfg.channels_last)
     if speed.channels_last:
         net.to(memory_format=torch.channels_last)
     evaluator = Evaluator(net)

@@ -108,6 +108,7 @@ class TrainSchema(CommonSchema):
 
 @dataclass
 class EvalSchema(CommonSchema):
+    channels_last: Any = MISSING  # auto, true or false (checked in check_config)
     model: EvalModelSchema = field(default_factory=EvalModelSchema)
 
 

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train, seed_preprocessing, tiny_overrides
+from helpers import compose_train, seed_preprocessing, tiny_overrides
 from PIL import Image
 from torch.utils.data import DataLoader
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from conftest import REPO, compose_train, subprocess_env, tiny_overrides
+from helpers import REPO, compose_train, subprocess_env, tiny_overrides
 
 from foodnet.train import build
 

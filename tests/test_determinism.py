@@ -3,7 +3,7 @@
 import json
 
 import torch
-from conftest import REFERENCE_EPOCHS, assert_same_weights, compose_train, tiny_overrides
+from helpers import REFERENCE_EPOCHS, assert_same_weights, compose_train, tiny_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from foodnet.train import train

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import checkpoint_probs, subprocess_env
+from helpers import checkpoint_probs, subprocess_env
 
 from foodnet.export import main as export_main
 from foodnet.models.checkpoint import load_model

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_train, seed_preprocessing, subprocess_env, tiny_overrides
+from helpers import compose_train, seed_preprocessing, subprocess_env, tiny_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from foodnet.data import FoodDataModule

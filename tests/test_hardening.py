@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     REFERENCE_EPOCHS,
     assert_same_weights,
     compose_train,
@@ -156,7 +156,7 @@ def test_04_a_trainer_typo_is_named(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("size", [1, 0, -5, 32.5])
 def test_04_evaluate_checks_image_size(size):
-    from conftest import CONFIG_DIR
+    from helpers import CONFIG_DIR
     from hydra import compose, initialize_config_dir
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=[f"model.preprocessing.image_size={size}",
@@ -258,7 +258,7 @@ def test_06_export_output_checked_before_loading(tiny_checkpoint, tmp_path):
 
 # 7: evaluate reports every bad line, with hints that work.
 def test_07_evaluate_reports_every_bad_line(tiny_checkpoint, tiny_data, tmp_path):
-    from conftest import CONFIG_DIR
+    from helpers import CONFIG_DIR
     from hydra import compose, initialize_config_dir
 
     from foodnet.evaluate import evaluate

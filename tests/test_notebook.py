@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import nbformat
-from conftest import REPO
+from helpers import REPO
 from nbclient import NotebookClient
 
 NOTEBOOK = REPO / "notebooks" / "foodnet_tour.ipynb"

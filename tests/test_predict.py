@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from conftest import checkpoint_probs, subprocess_env
+from helpers import checkpoint_probs, subprocess_env
 
 from foodnet.data.manifest import read_manifest
 from foodnet.models.checkpoint import load_model

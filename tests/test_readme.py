@@ -10,13 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, subprocess_env
+from helpers import REPO, eval_overrides, subprocess_env, tiny_overrides
 
 FOODNET = Path(sys.executable).with_name("foodnet")
-TINY = ["model.preprocessing.image_size=32", "data.batch_size=16", "data.num_workers=0",
-        "trainer.max_epochs=1", "trainer.accelerator=cpu", "+trainer.limit_train_batches=2",
-        "+trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
-        "hydra.run.dir=outputs/train/run"]
+# The README's model (experiment=demo: the pretrained EfficientNet-Lite0), a tiny run of it.
+TINY = tiny_overrides(**{"model.arch": None, "model.weights": None,
+                         "+trainer.limit_train_batches": 2, "+trainer.limit_val_batches": 2,
+                         "hydra.run.dir": "outputs/train/run"})
 
 
 def block_after(heading: str) -> list[list[str]]:
@@ -54,8 +54,7 @@ def test_quick_start_and_then(tmp_path):
                 arg = arg.replace(placeholder, value)
             argv.append(arg)
         if argv[1] == "evaluate":
-            argv += ["data.num_workers=0", "trainer.accelerator=cpu",
-                     "hydra.run.dir=outputs/eval/run"]
+            argv += eval_overrides(**{"hydra.run.dir": "outputs/eval/run"})
         result = run(argv, tmp_path)
         if argv[1] == "predict":
             assert len(json.loads(result.stdout)) == 600  # 300 test + 300 val images

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from helpers import (
     REFERENCE_EPOCHS,
     assert_same_weights,
     compose_train,

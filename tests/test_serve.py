@@ -21,7 +21,7 @@ import httpx
 import pytest
 import torch
 import uvicorn
-from conftest import compose_train, subprocess_env, tiny_overrides
+from helpers import compose_train, subprocess_env, tiny_overrides
 from omegaconf import OmegaConf
 from PIL import Image
 

@@ -9,7 +9,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from conftest import (
+from helpers import (
     REFERENCE_EPOCHS,
     assert_same_weights,
     compose_train,

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose_train, subprocess_env, tiny_overrides
+from helpers import REPO, compose_train, subprocess_env, tiny_overrides
 from torch.utils.data import SequentialSampler
 
 from foodnet.data.sampling import EpochSampler

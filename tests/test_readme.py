@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import REPO, eval_overrides, subprocess_env, tiny_overrides
+import pytest
+from helpers import REPO, checkpoint_scores, eval_overrides, subprocess_env, tiny_overrides
 
 FOODNET = Path(sys.executable).with_name("foodnet")
 # The README's model (experiment=demo: the pretrained EfficientNet-Lite0), a tiny run of it.
@@ -41,7 +42,9 @@ def test_quick_start_and_then(tmp_path):
     assert (tmp_path / "data" / "demo" / "train.txt").is_file()
     run(quick_start[1] + TINY, tmp_path)
     metrics = json.loads((tmp_path / "outputs/train/run/metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["test/acc"] is not None
+    assert metrics["status"] == "completed"
+    assert metrics["test/acc"] == pytest.approx(checkpoint_scores(
+        metrics["best_checkpoint"], tmp_path / "data/demo/test.txt")["acc"], abs=1e-6)
 
     then = block_after("## Then")
     assert [c[1] for c in then] == ["evaluate", "predict", "export"]

@@ -43,8 +43,8 @@ def tiny_overrides(data: dict[str, Path] | None = None, **extra) -> list[str]:
 
 def eval_overrides(**extra) -> list[str]:
     """The same execution settings for `evaluate` (the checkpoint decides the model)."""
-    # eval.yaml has no channels_last key; evaluate reads it when given.
-    return _as_overrides(dict(_EXECUTION, **{"+channels_last": "false"}, **extra))
+    # eval.yaml has no layout key (evaluate refuses channels_last): only precision is pinned.
+    return _as_overrides(dict(_EXECUTION, **extra))
 
 
 def _compose(config_name: str, overrides: list[str] | None, run_dir: Path | None):
@@ -100,24 +100,23 @@ def checkpoint_probs(checkpoint: Path, images: list[Path], image_size: int | Non
         return net(torch.stack([transform(load_rgb(p)) for p in images])).softmax(dim=1)
 
 
-def checkpoint_scores(checkpoint: Path, manifest: Path) -> dict[str, float]:
-    """A checkpoint's accuracy, top-5 accuracy and macro F1 on a manifest, counted by hand from
-    checkpoint_probs: the independent answer that a run's metrics must agree with."""
+def checkpoint_scores(checkpoint: Path, manifest: Path, first: int | None = None) -> dict:
+    """A checkpoint's accuracy, top-5 accuracy and macro F1 on a manifest (its `first` images),
+    counted by hand from checkpoint_probs: the independent answer a run's metrics must match."""
     from foodnet.data.manifest import read_manifest
 
-    samples = read_manifest(manifest)
+    samples = read_manifest(manifest)[:first]
     probs = checkpoint_probs(checkpoint, [s.path for s in samples])
     labels = [s.label for s in samples]
-    predicted = probs.argmax(dim=1).tolist()
+    pairs = list(zip(probs.argmax(dim=1).tolist(), labels, strict=True))
     top5 = probs.topk(min(5, probs.shape[1]), dim=1).indices.tolist()
-    f1 = []
-    for c in range(probs.shape[1]):
-        tp = sum(p == c and y == c for p, y in zip(predicted, labels, strict=True))
-        wrong = sum((p == c) != (y == c) for p, y in zip(predicted, labels, strict=True))  # FP + FN
-        f1.append(2 * tp / (2 * tp + wrong) if tp + wrong else 0.0)
-    n = len(labels)
-    return {"acc": sum(p == y for p, y in zip(predicted, labels, strict=True)) / n,
-            "acc_top5": sum(y in top for top, y in zip(top5, labels, strict=True)) / n,
+    f1 = []  # macro F1 over the classes present in the labels or the predictions
+    for c in {c for pair in pairs for c in pair}:
+        tp = sum(p == c and y == c for p, y in pairs)
+        wrong = sum((p == c) != (y == c) for p, y in pairs)  # false positives and negatives
+        f1.append(2 * tp / (2 * tp + wrong))
+    return {"acc": sum(p == y for p, y in pairs) / len(pairs),
+            "acc_top5": sum(y in top for top, y in zip(top5, labels, strict=True)) / len(pairs),
             "f1_macro": sum(f1) / len(f1)}
 
 

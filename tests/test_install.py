@@ -102,6 +102,7 @@ def installed(tmp_path_factory) -> Path:
     return fresh / "bin"
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_the_configs_and_the_command(installed, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = run([installed / "python", "-c", "import foodnet, foodnet.config as c; "
@@ -121,6 +122,7 @@ def test_the_wheel_holds_the_configs_and_the_command(installed, tmp_path):
         == "foodnet 0.1.0"
 
 
+@pytest.mark.slow
 def test_the_demo_trains_from_an_empty_folder_with_a_user_config_dir(installed, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TORCH_HOME"] = str(tmp_path / "torch_home")  # offline: nothing to download

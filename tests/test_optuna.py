@@ -62,6 +62,7 @@ def colour_data(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_median_pruner_stops_poor_trials_before_their_last_epoch(colour_data, tmp_path):
     db, sweep_dir, epochs = tmp_path / "study.db", tmp_path / "sweep", 3
     # Six trials queued in the study (Optuna's enqueue_trial), so the arms are known: two
@@ -127,6 +128,7 @@ def test_median_pruner_stops_poor_trials_before_their_last_epoch(colour_data, tm
             [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)])
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_and_a_rerun_resumes_it(tiny_data, tmp_path):
     db = tmp_path / "shared.db"
     common = [f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweeper.study_name={STUDY}",

@@ -35,6 +35,7 @@ def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_quick_start_and_then(tmp_path):
     quick_start = block_after("**Without make**")
     assert [c[:2] for c in quick_start] == [["foodnet", "data"], ["foodnet", "train"]]

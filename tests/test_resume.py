@@ -34,6 +34,7 @@ def run_overrides(data, **extra):
     return tiny_overrides(data, **{"trainer.max_epochs": EPOCHS, "data.num_workers": 2, **extra})
 
 
+@pytest.mark.slow
 def test_sigkill_after_an_epoch_then_resume_gives_the_uninterrupted_weights(
         tiny_data, tmp_path, reference_run, capsys):
     run_dir = tmp_path / "run"

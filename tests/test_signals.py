@@ -33,6 +33,7 @@ def resume_in_process(data, run_dir):
     return train(compose_train(run_overrides(data, ckpt_path="last"), run_dir=run_dir))
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_exits_143_and_the_resume_matches(
         tiny_data, tmp_path, reference_run):
     run_dir = tmp_path / "run"

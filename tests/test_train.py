@@ -42,6 +42,7 @@ def test_build_wires_data_model_and_trainer(tiny_data, tmp_path):
     assert x.shape == (16, 3, 32, 32) and not y.dtype.is_floating_point
 
 
+@pytest.mark.slow
 def test_train_subprocess_writes_metrics_checkpoints_and_tensorboard(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(tiny_data, **{"trainer.max_epochs": 2,

@@ -45,7 +45,7 @@ def test_quick_start_and_then(tmp_path):
     metrics = json.loads((tmp_path / "outputs/train/run/metrics.json").read_text())
     assert metrics["status"] == "completed"
     assert metrics["test/acc"] == pytest.approx(checkpoint_scores(
-        metrics["best_checkpoint"], tmp_path / "data/demo/test.txt")["acc"], abs=1e-6)
+        tmp_path / metrics["best_checkpoint"], tmp_path / "data/demo/test.txt")["acc"], abs=1e-6)
 
     then = block_after("## Then")
     assert [c[1] for c in then] == ["evaluate", "predict", "export"]

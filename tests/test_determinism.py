@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import torch
 from helpers import (
     REFERENCE_EPOCHS,
@@ -49,7 +48,6 @@ def test_same_seed_twice_in_bf16_gives_identical_weights(tiny_data, tmp_path):
     assert_same_weights(first, again)
 
 
-@pytest.mark.slow
 def test_the_reference_run_trained_from_its_seed_and_another_seed_ends_elsewhere(
         tiny_data, tmp_path, reference_run):
     """The controls of the exact-equality tests (here, resume, signals): the weights they

@@ -241,7 +241,6 @@ def test_feature_loader_serves_features_without_workers(tiny_data):
     assert x.shape == (16, 512) and y.shape == (16,)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("views", [1, 2])
 def test_cache_features_runs_with_the_default_callbacks_and_tensorboard(tiny_data, tmp_path,
                                                                        views):

@@ -45,7 +45,6 @@ def absolute_lines(manifest: Path) -> list[str]:
 
 
 # 1 and 11: signals to the whole process group, loader workers included.
-@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT],
                          ids=["SIGTERM", "SIGUSR1", "SIGINT"])
 def test_01_11_signal_to_the_process_group_saves_and_resumes_exactly(

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from helpers import REPO, subprocess_env, tiny_overrides
 
 from foodnet.sweep import summarize
@@ -45,7 +44,6 @@ def _summary(sweep_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.slow
 def test_multirun_summarises_every_job_and_survives_a_failing_one(tiny_data, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = _run(["-m", "model.optimizer.lr=1e-3,1e-2", "data.batch_size=16,0", *_tiny(tiny_data),
@@ -80,7 +78,6 @@ def test_multirun_summarises_every_job_and_survives_a_failing_one(tiny_data, tmp
     assert "- job 1 (failed" in markdown and "- job 3 (failed" in markdown
 
 
-@pytest.mark.slow
 def test_submitit_local_launcher_runs_the_job_in_its_own_process(tiny_data, tmp_path):
     sweep_dir = tmp_path / "submitit"
     result = _run(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",

@@ -15,7 +15,6 @@ from foodnet.evaluate import evaluate
 from foodnet.models.checkpoint import load_model
 
 
-@pytest.mark.slow
 def test_evaluate_report_matches_a_hand_count(tiny_data, tiny_checkpoint, tmp_path):
     run_dir = tmp_path / "eval"
     overrides = eval_overrides(ckpt_path=tiny_checkpoint,
@@ -93,7 +92,6 @@ def test_missing_inputs_name_the_fix(tiny_data, tmp_path):
         evaluate(compose_eval(eval_overrides(ckpt_path=missing), tmp_path))
 
 
-@pytest.mark.slow
 def test_a_worker_error_exits_2_and_the_process_ends(tiny_data, tiny_checkpoint, tmp_path):
     """The error leaves a loader worker running (its iterator is held by the traceback); the
     worker ignores SIGTERM, so without foodnet.data.dataset.end_workers_at_exit the process

@@ -106,7 +106,6 @@ def installed(tmp_path_factory) -> Path:
     return fresh / "bin"
 
 
-@pytest.mark.slow
 def test_the_wheel_holds_the_configs_and_the_command(installed, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = run([installed / "python", "-c", "import foodnet, foodnet.config as c; "

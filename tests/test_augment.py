@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train, seed_preprocessing
+from helpers import compose_train, seed_preprocessing
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from PIL import Image

@@ -7,9 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train, subprocess_env, tiny_overrides
+from helpers import compose_eval, compose_train, eval_overrides, subprocess_env, tiny_overrides
 from PIL import Image
-from test_evaluate import compose_eval, quiet
 from torchvision import models
 
 from foodnet.data.augment import SeedAugment
@@ -234,8 +233,8 @@ def test_tiny_timm_backbone_end_to_end(tiny_data, tmp_path):
     assert (info.preprocessing.crop_mode, info.preprocessing.crop_pct) == ("center", 0.95)
     assert info.preprocessing.interpolation == "bicubic"
 
-    report = evaluate(compose_eval(quiet(ckpt_path=metrics["best_checkpoint"],
-                                         **{"data.test_manifest": tiny_data["test"]}),
+    report = evaluate(compose_eval(eval_overrides(ckpt_path=metrics["best_checkpoint"],
+                                                  **{"data.test_manifest": tiny_data["test"]}),
                                    tmp_path / "eval"))
     assert report["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
 

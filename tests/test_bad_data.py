@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train, seed_preprocessing, tiny_overrides
+from helpers import checkpoint_scores, compose_train, seed_preprocessing, tiny_overrides
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -314,7 +314,9 @@ def test_train_skip_policy_counts_the_broken_image(broken_train, tmp_path):
     (skipped,) = saved["skipped"]
     assert skipped.startswith(f"{data['train']}:13: truncated or undecodable image (")
     assert skipped.endswith(f") ({bad})")
-    assert saved["epochs"] == 1 and saved["val/acc_best"] is not None
+    assert saved["epochs"] == 1
+    assert saved["val/acc_best"] == pytest.approx(
+        checkpoint_scores(saved["best_checkpoint"], data["val"])["acc"], abs=1e-6)
 
 
 def test_train_error_policy_exits_naming_file_and_line(broken_train, tmp_path, monkeypatch,

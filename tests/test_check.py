@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO, subprocess_env
+from helpers import REPO, subprocess_env
 from PIL import Image
 
 from foodnet.data.__main__ import main

@@ -1,7 +1,7 @@
 
 import pytest
 import torch
-from conftest import seed_preprocessing
+from helpers import seed_preprocessing
 
 from foodnet.errors import CheckpointError
 from foodnet.models.checkpoint import load_model, read_checkpoint

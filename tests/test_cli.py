@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import subprocess_env
+from helpers import subprocess_env
 
 from foodnet import cli
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import compose_train, subprocess_env, tiny_overrides
+from helpers import compose_train, subprocess_env, tiny_overrides
 
 from foodnet.errors import ManifestError, WeightsError
 from foodnet.train import train

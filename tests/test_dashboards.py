@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_train, tiny_overrides
+from helpers import compose_train, tiny_overrides
 from PIL import Image
 
 from foodnet.reports.figures import confusion_matrix_figure, figure_to_array, image_grid_figure

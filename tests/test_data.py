@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import seed_preprocessing
+from helpers import seed_preprocessing
 from PIL import Image
 
 from foodnet.data import FoodDataModule, ManifestDataset

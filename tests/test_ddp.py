@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
-from conftest import REPO, compose_train, subprocess_env, tiny_overrides
+from helpers import REPO, compose_train, subprocess_env, tiny_overrides
 
 from foodnet.train import build
 
@@ -47,6 +48,7 @@ def odd_manifest(source: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_write_once_and_count_every_sample_once(tiny_data, tmp_path):
     odd = odd_manifest(tiny_data["val"], tmp_path / "val_odd.txt")
     run_dir, counts = tmp_path / "run", tmp_path / "counts.jsonl"
@@ -111,6 +113,7 @@ class BackboneDigest(L.Callback):
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
+@pytest.mark.slow
 def test_gradual_under_ddp_keeps_every_process_in_sync(tiny_data, tmp_path):
     """Parts unfrozen after DDP wrapped the model are outside its gradient reducer (Lightning
     #20340): without foodnet's averaging each process would train its copy on its own shard."""

@@ -3,10 +3,16 @@
 import json
 
 import torch
-from conftest import REFERENCE_EPOCHS, assert_same_weights, compose_train, tiny_overrides
+from helpers import (
+    REFERENCE_EPOCHS,
+    assert_same_weights,
+    assert_weights_differ,
+    compose_train,
+    tiny_overrides,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from foodnet.train import train
+from foodnet.train import build, train
 
 
 def scalars(run_dir):
@@ -40,3 +46,26 @@ def test_same_seed_twice_in_bf16_gives_identical_weights(tiny_data, tmp_path):
     first, again = (run / "checkpoints" / "last.ckpt" for run in runs)
     assert torch.load(first, weights_only=True)["speed"]["precision"] == "bf16-mixed"
     assert_same_weights(first, again)
+
+
+def test_the_reference_run_trained_from_its_seed_and_another_seed_ends_elsewhere(
+        tiny_data, tmp_path, reference_run):
+    """The controls of the exact-equality tests (here, resume, signals): the weights they
+    compare moved from the seed's init, and a different seed gives different weights."""
+    import lightning as L
+
+    overrides = tiny_overrides(tiny_data, **{"trainer.max_epochs": REFERENCE_EPOCHS})
+    cfg = compose_train(overrides, run_dir=tmp_path / "init")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # as train() does before build()
+    init = build(cfg)[1].state_dict()
+    trained = torch.load(reference_run[1], weights_only=True)["state_dict"]
+    assert init.keys() == trained.keys()
+    net = [key for key in init if key.startswith("net.")]
+    moved = {key for key in net if not torch.equal(init[key], trained[key])}
+    # The backbone is frozen (BN statistics included) and equals the seed's init; the head trained.
+    assert moved == {key for key in net if key.startswith("net.head.")}, sorted(moved)[:5]
+    assert moved
+
+    other = tmp_path / "other_seed"
+    train(compose_train([*overrides, "seed=1", "~logger"], run_dir=other))
+    assert_weights_differ(other / "checkpoints" / "last.ckpt", reference_run[1])

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONFIG_DIR, checkpoint_probs, subprocess_env
+from helpers import checkpoint_probs, compose_eval, eval_overrides, subprocess_env
 from PIL import Image
 
 from foodnet.data.manifest import read_manifest
@@ -15,25 +15,10 @@ from foodnet.evaluate import evaluate
 from foodnet.models.checkpoint import load_model
 
 
-def compose_eval(overrides: list[str], run_dir):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="eval", overrides=overrides)
-    cfg.paths.output_dir = str(run_dir)
-    return cfg
-
-
-def quiet(**extra) -> list[str]:
-    overrides = {"data.num_workers": 0, "data.batch_size": 16, "trainer.accelerator": "cpu",
-                 "trainer.enable_progress_bar": "false", "trainer.enable_model_summary": "false"}
-    overrides.update(extra)
-    return [f"{k}={v}" for k, v in overrides.items()]
-
-
 def test_evaluate_report_matches_a_hand_count(tiny_data, tiny_checkpoint, tmp_path):
     run_dir = tmp_path / "eval"
-    overrides = quiet(ckpt_path=tiny_checkpoint, **{"data.test_manifest": tiny_data["test"]})
+    overrides = eval_overrides(ckpt_path=tiny_checkpoint,
+                               **{"data.test_manifest": tiny_data["test"]})
     result = subprocess.run(
         [sys.executable, "-m", "foodnet.evaluate", *overrides, f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
@@ -82,8 +67,9 @@ def test_evaluate_report_matches_a_hand_count(tiny_data, tiny_checkpoint, tmp_pa
 
 
 def test_explicit_image_size_overrides_the_checkpoints(tiny_data, tiny_checkpoint, tmp_path):
-    cfg = compose_eval(quiet(ckpt_path=tiny_checkpoint, **{"data.test_manifest": tiny_data["test"],
-                                                           "model.preprocessing.image_size": 48}),
+    cfg = compose_eval(eval_overrides(ckpt_path=tiny_checkpoint,
+                                      **{"data.test_manifest": tiny_data["test"],
+                                         "model.preprocessing.image_size": 48}),
                        tmp_path)
     report = evaluate(cfg)
     samples = read_manifest(tiny_data["test"])
@@ -96,13 +82,14 @@ def test_explicit_image_size_overrides_the_checkpoints(tiny_data, tiny_checkpoin
 
 def test_missing_inputs_name_the_fix(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="set ckpt_path="):
-        evaluate(compose_eval(quiet(**{"data.test_manifest": tiny_data["test"]}), tmp_path))
+        evaluate(compose_eval(eval_overrides(**{"data.test_manifest": tiny_data["test"]}),
+                              tmp_path))
     missing = tmp_path / "nope.ckpt"
     with pytest.raises(CheckpointError, match=f"{missing}: checkpoint not found"):
-        evaluate(compose_eval(quiet(ckpt_path=missing, **{"data.test_manifest": "x.txt"}),
+        evaluate(compose_eval(eval_overrides(ckpt_path=missing, **{"data.test_manifest": "x.txt"}),
                               tmp_path))
     with pytest.raises(ValueError, match="set data.test_manifest="):
-        evaluate(compose_eval(quiet(ckpt_path=missing), tmp_path))
+        evaluate(compose_eval(eval_overrides(ckpt_path=missing), tmp_path))
 
 
 def test_a_worker_error_exits_2_and_the_process_ends(tiny_data, tiny_checkpoint, tmp_path):
@@ -113,8 +100,8 @@ def test_a_worker_error_exits_2_and_the_process_ends(tiny_data, tiny_checkpoint,
     bad.write_bytes(b"not a jpeg")
     manifest = tmp_path / "test.txt"
     manifest.write_text(f"{tiny_data['test'].parent / 'images/test/red-disk_000.jpg'} 0\n{bad} 3\n")
-    overrides = quiet(ckpt_path=tiny_checkpoint, **{"data.test_manifest": manifest,
-                                                    "data.num_workers": 1})
+    overrides = eval_overrides(ckpt_path=tiny_checkpoint, **{"data.test_manifest": manifest,
+                                                             "data.num_workers": 1})
     result = subprocess.run(
         [sys.executable, "-m", "foodnet.evaluate", *overrides, f"hydra.run.dir={tmp_path / 'e'}"],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
@@ -128,8 +115,9 @@ def test_unreadable_image_stops_with_its_manifest_line(tiny_data, tiny_checkpoin
     manifest = tmp_path / "test.txt"
     manifest.write_text(f"{tiny_data['test'].parent / 'images/test/red-disk_000.jpg'} 0\n{bad} 3\n")
     # A loader worker re-raises with its traceback in the message; the user sees one line.
-    cfg = compose_eval(quiet(ckpt_path=tiny_checkpoint, **{"data.test_manifest": manifest,
-                                                           "data.num_workers": 1}), tmp_path)
+    cfg = compose_eval(eval_overrides(ckpt_path=tiny_checkpoint, **{"data.test_manifest": manifest,
+                                                                    "data.num_workers": 1}),
+                       tmp_path)
     with pytest.raises(ImageLoadError) as caught:
         evaluate(cfg)
     assert user_message(caught.value) == (f"{manifest}:2: not an image (no image format "

@@ -5,7 +5,7 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from conftest import compose_train, tiny_overrides
+from helpers import compose_train, tiny_overrides
 from hydra.errors import ConfigCompositionException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset

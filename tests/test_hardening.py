@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     REFERENCE_EPOCHS,
     assert_same_weights,
+    assert_weights_differ,
     compose_train,
     subprocess_env,
     tiny_overrides,
@@ -70,11 +72,13 @@ def test_01_11_signal_to_the_process_group_saves_and_resumes_exactly(
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] >= 5  # written after the signal, in epoch 2 or at its end
 
+    interrupted = shutil.copy(last, tmp_path / "interrupted.ckpt")
     resumed = train(compose_train(
         tiny_overrides(tiny_data, **{"trainer.max_epochs": REFERENCE_EPOCHS,
                                      "ckpt_path": "last"}), run_dir=run_dir))
     assert resumed["epochs"] == REFERENCE_EPOCHS
     assert_same_weights(last, reference_run[1])
+    assert_weights_differ(interrupted, last)  # the control: the resumed epochs moved them
 
 
 # 2: every split checked in setup, before the first epoch, all problems at once.
@@ -157,7 +161,7 @@ def test_04_a_trainer_typo_is_named(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("size", [1, 0, -5, 32.5])
 def test_04_evaluate_checks_image_size(size):
-    from conftest import CONFIG_DIR
+    from helpers import CONFIG_DIR
     from hydra import compose, initialize_config_dir
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("eval", overrides=[f"model.preprocessing.image_size={size}",
@@ -253,19 +257,39 @@ def test_06_hidden_files_and_folders_are_skipped(tiny_data, tmp_path):
     assert collect_images([tmp_path]) == [tmp_path / "a.png"]
 
 
-def test_06_export_output_checked_before_loading(tiny_checkpoint, tmp_path):
+def test_06_export_output_checked_before_loading(tiny_checkpoint, tmp_path, monkeypatch,
+                                                 capsys):
+    import foodnet.models.checkpoint as checkpoint
     from foodnet.export import EXPORT_FORMATS
     from foodnet.export import main as export_main
     from foodnet.inference.export_format import EXPORT_FORMATS as FORMATS
 
     assert EXPORT_FORMATS == FORMATS
+
+    class Loaded(Exception):
+        pass
+
+    # A spy in place of every way to read a checkpoint: it records the read and stops there.
+    loaded = []
+
+    def spy(path, *args, **kwargs):
+        loaded.append(Path(path))
+        raise Loaded
+
+    monkeypatch.setattr(checkpoint, "load_model", spy)
+    monkeypatch.setattr(checkpoint, "read_checkpoint", spy)
     assert export_main([str(tiny_checkpoint), "--out", str(tmp_path)]) == 2
-    assert not any(tmp_path.iterdir())
+    assert f"--out {tmp_path}: is a folder" in capsys.readouterr().err
+    assert loaded == [] and not any(tmp_path.iterdir())
+    # The control: with a writable --out, export goes on to read the checkpoint.
+    with pytest.raises(Loaded):
+        export_main([str(tiny_checkpoint), "--out", str(tmp_path / "model.onnx")])
+    assert loaded == [tiny_checkpoint]
 
 
 # 7: evaluate reports every bad line, with hints that work.
 def test_07_evaluate_reports_every_bad_line(tiny_checkpoint, tiny_data, tmp_path):
-    from conftest import CONFIG_DIR
+    from helpers import CONFIG_DIR
     from hydra import compose, initialize_config_dir
 
     from foodnet.evaluate import evaluate
@@ -359,29 +383,36 @@ sys.argv = [module, *args]
 try:
     runpy.run_module(module, run_name="__main__")
 except SystemExit as done:
-    code = done.code
+    code = 0 if done.code is None else done.code
 heavy = [m for m in ("torch", "lightning", "torchvision") if m in sys.modules]
 print("PROBE", code, time.perf_counter() - start, ",".join(heavy))
 """
 
 
-@pytest.mark.parametrize("args", [
-    ["foodnet.train", "--help"], ["foodnet.train", "seed=abc"],
-    ["foodnet.evaluate", "--help"], ["foodnet.predict", "--help"],
-    ["foodnet.predict", "model.ckpt"], ["foodnet.export", "--help"],
-    ["foodnet.data", "--help"], ["foodnet.data", "check"], ["foodnet.sweep", "--help"],
-], ids=lambda a: " ".join(a))
-def test_13_help_and_argument_errors_import_nothing_heavy(tmp_path, args):
+@pytest.mark.parametrize(("args", "expected_code", "said"), [
+    (["foodnet.train", "--help"], "0", "Powered by Hydra"),
+    (["foodnet.train", "seed=abc"], "2", "error: seed='abc': expected an integer"),
+    (["foodnet.evaluate", "--help"], "0", "Powered by Hydra"),
+    (["foodnet.predict", "--help"], "0", "usage: python -m foodnet.predict"),
+    (["foodnet.predict", "model.ckpt"], "2", "the following arguments are required: INPUT"),
+    (["foodnet.export", "--help"], "0", "usage: python -m foodnet.export"),
+    (["foodnet.data", "--help"], "0", "usage: python -m foodnet.data"),
+    (["foodnet.data", "check"], "2", "the following arguments are required: MANIFEST"),
+    (["foodnet.sweep", "--help"], "0", "usage: python -m foodnet.sweep"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else None)
+def test_13_help_and_argument_errors_import_nothing_heavy(tmp_path, args, expected_code, said):
     result = run_cli(["-c", PROBE, *args], tmp_path, timeout=60)
     code, seconds, heavy = result.stdout.split("PROBE ")[-1].split(" ")
     assert heavy.strip() == "", f"{' '.join(args)} imported {heavy.strip()}"
-    assert code in ("0", "2", "None")
+    assert code == expected_code, result.stderr[-2000:]
+    assert said in result.stdout + result.stderr
 
 
 def test_13_train_help_is_much_faster_than_importing_lightning(tmp_path):
     def seconds(args):
         start = time.perf_counter()
-        run_cli(args, tmp_path, timeout=120)
+        result = run_cli(args, tmp_path, timeout=120)
+        assert result.returncode == 0, f"{args}: {result.stderr[-2000:]}"
         return time.perf_counter() - start
 
     heavy = seconds(["-c", "import lightning, torchvision"])

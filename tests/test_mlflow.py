@@ -14,9 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose_train, subprocess_env, tiny_overrides
+from helpers import REPO, compose_train, subprocess_env, tiny_overrides
 
 
+@pytest.mark.slow
 def test_multirun_jobs_are_mlflow_runs_of_one_experiment(tiny_data, tmp_path):
     from mlflow import MlflowClient
 

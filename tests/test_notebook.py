@@ -5,7 +5,8 @@ import os
 from pathlib import Path
 
 import nbformat
-from conftest import REPO
+import pytest
+from helpers import REPO
 from nbclient import NotebookClient
 
 NOTEBOOK = REPO / "notebooks" / "foodnet_tour.ipynb"
@@ -24,6 +25,7 @@ def _outputs(nb, output_type: str | None = None) -> list:
             if output_type is None or out.output_type == output_type]
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom_and_makes_its_artefacts(tmp_path):
     data, run = tmp_path / "demo data", tmp_path / "run"  # a space in the path, on purpose
     env = dict(os.environ)

@@ -13,26 +13,23 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import REPO, subprocess_env
+from helpers import REPO, subprocess_env, tiny_overrides
 from optuna.trial import TrialState
 
 from foodnet.data.demo import make_demo_dataset
 from foodnet.sweep import summarize
 
 STUDY = "test"
-TINY = ["model.preprocessing.image_size=32", "data.num_workers=0", "model.arch=resnet18",
-        "model.weights=null", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false"]
 
 
-def _data_args(data: dict[str, Path]) -> list[str]:
-    return [f"data.train_manifest={data['train']}", f"data.val_manifest={data['val']}",
-            f"data.classes={data['classes']}"]
+def _tiny(data: dict[str, Path]) -> list[str]:
+    """A tiny run on `data`, leaving data.batch_size to the search space, max_epochs to a test."""
+    return tiny_overrides(data, **{"data.batch_size": None, "trainer.max_epochs": None})
 
 
 def _search(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "foodnet.train", "hparams_search=optuna",
-                             *TINY, *args], cwd=cwd, env=subprocess_env(), text=True,
+                             *args], cwd=cwd, env=subprocess_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -65,6 +62,7 @@ def colour_data(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_median_pruner_stops_poor_trials_before_their_last_epoch(colour_data, tmp_path):
     db, sweep_dir, epochs = tmp_path / "study.db", tmp_path / "sweep", 3
     # Six trials queued in the study (Optuna's enqueue_trial), so the arms are known: two
@@ -78,7 +76,7 @@ def test_median_pruner_stops_poor_trials_before_their_last_epoch(colour_data, tm
          "hydra.sweeper.n_trials=6", "hydra.sweeper.pruner.n_startup_trials=2",
          f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweeper.study_name={STUDY}",
          f"trainer.max_epochs={epochs}", "data.batch_size=8", "model.num_classes=4",
-         "logger=mlflow", *_data_args(colour_data), f"hydra.sweep.dir={sweep_dir}"],
+         "logger=mlflow", *_tiny(colour_data), f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path))
 
     trials = _study(db).trials
@@ -130,10 +128,11 @@ def test_median_pruner_stops_poor_trials_before_their_last_epoch(colour_data, tm
             [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)])
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_and_a_rerun_resumes_it(tiny_data, tmp_path):
     db = tmp_path / "shared.db"
     common = [f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweeper.study_name={STUDY}",
-              "trainer.max_epochs=1", *_data_args(tiny_data)]
+              "trainer.max_epochs=1", *_tiny(tiny_data)]
     # Two workers at once on the full search space of conf/hparams_search/optuna.yaml.
     workers = [_search(["hydra.sweeper.n_trials=4", f"hydra.sweep.dir={tmp_path / f'w{i}'}",
                         *common], cwd=tmp_path) for i in range(2)]

@@ -2,6 +2,7 @@
 run; ckpt_path=last and unsafe or mismatched checkpoints fail with clear errors."""
 
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,9 +11,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from helpers import (
     REFERENCE_EPOCHS,
     assert_same_weights,
+    assert_weights_differ,
     compose_train,
     subprocess_env,
     tiny_overrides,
@@ -32,6 +34,7 @@ def run_overrides(data, **extra):
     return tiny_overrides(data, **{"trainer.max_epochs": EPOCHS, "data.num_workers": 2, **extra})
 
 
+@pytest.mark.slow
 def test_sigkill_after_an_epoch_then_resume_gives_the_uninterrupted_weights(
         tiny_data, tmp_path, reference_run, capsys):
     run_dir = tmp_path / "run"
@@ -51,12 +54,14 @@ def test_sigkill_after_an_epoch_then_resume_gives_the_uninterrupted_weights(
     assert not (run_dir / "metrics.json").exists()
     assert epochs_trained(torch.load(last, weights_only=True)) < EPOCHS
 
+    interrupted = shutil.copy(last, tmp_path / "interrupted.ckpt")
     # Resumed the way the CLI does it: same run folder, ckpt_path=last (in-process: faster).
     metrics = train(compose_train(run_overrides(tiny_data, ckpt_path="last"), run_dir=run_dir))
     assert f"resuming from {last}" in capsys.readouterr().out
     assert metrics["epochs"] == EPOCHS
     assert metrics["val/acc_best"] == reference_run[0]["val/acc_best"]
     assert_same_weights(last, reference_run[1])
+    assert_weights_differ(interrupted, last)  # the control: the resumed epochs moved them
 
 
 def test_ckpt_path_last_without_a_checkpoint_is_a_clear_error(tiny_data, tmp_path):

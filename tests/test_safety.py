@@ -8,7 +8,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from conftest import compose_train, tiny_overrides
+from helpers import compose_train, tiny_overrides
 from omegaconf import open_dict
 
 from foodnet.errors import NonFiniteLossError

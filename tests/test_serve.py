@@ -21,7 +21,7 @@ import httpx
 import pytest
 import torch
 import uvicorn
-from conftest import compose_train, subprocess_env, tiny_overrides
+from helpers import compose_train, subprocess_env, tiny_overrides
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -179,9 +179,10 @@ def test_batcher_a_failing_batch_fails_its_callers_only_and_the_next_batch_runs(
 
 def test_batcher_drops_cancelled_requests_and_stops_after_the_queue():
     calls = []
-    gate = threading.Event()
+    entered, gate = threading.Event(), threading.Event()
 
     def model(batch):
+        entered.set()
         gate.wait(10)
         calls.append(batch.shape[0])
         return batch
@@ -189,7 +190,9 @@ def test_batcher_drops_cancelled_requests_and_stops_after_the_queue():
     batcher = Batcher(model, max_batch_size=1, max_wait=0.0)
     batcher.start()
     first = batcher.submit([torch.zeros(1)])[0]
-    time.sleep(0.2)  # the worker now holds `first`, blocked in the model
+    # The worker now holds `first`, blocked in the model (an event, not a sleep: a busy CPU
+    # may take any time to get there).
+    assert entered.wait(10)
     cancelled, kept = batcher.submit([torch.zeros(1), torch.ones(1)])
     assert cancelled.cancel()
     gate.set()
@@ -468,6 +471,7 @@ if (kind === "drop") {
 """
 
 
+@pytest.mark.browser
 def test_the_page_classifies_a_chosen_dropped_and_pasted_photo(server, browser, served_model,
                                                                photos, tmp_path, capsys):
     import base64

@@ -2,6 +2,7 @@
 resumed run ends exactly like an uninterrupted one."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,9 +10,10 @@ import sys
 import lightning as L
 import pytest
 import torch
-from conftest import (
+from helpers import (
     REFERENCE_EPOCHS,
     assert_same_weights,
+    assert_weights_differ,
     compose_train,
     subprocess_env,
     tiny_overrides,
@@ -31,6 +33,7 @@ def resume_in_process(data, run_dir):
     return train(compose_train(run_overrides(data, ckpt_path="last"), run_dir=run_dir))
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_exits_143_and_the_resume_matches(
         tiny_data, tmp_path, reference_run):
     run_dir = tmp_path / "run"
@@ -55,9 +58,11 @@ def test_sigterm_writes_a_checkpoint_exits_143_and_the_resume_matches(
     assert checkpoint["global_step"] >= 5
     assert epochs_trained(checkpoint) < REFERENCE_EPOCHS
 
+    interrupted = shutil.copy(last, tmp_path / "interrupted.ckpt")
     metrics = resume_in_process(tiny_data, run_dir)
     assert metrics["epochs"] == REFERENCE_EPOCHS
     assert_same_weights(last, reference_run[1])
+    assert_weights_differ(interrupted, last)  # the control: the resumed epochs moved them
 
 
 class SignalAt(L.Callback):
@@ -80,9 +85,12 @@ def test_sigusr1_mid_epoch_checkpoint_resumes_exactly(tiny_data, tmp_path, refer
     with pytest.raises(Preempted) as stopped:
         train(cfg)
     assert stopped.value.code == 128 + signal.SIGUSR1
-    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
     assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 8)
+    interrupted = shutil.copy(last, tmp_path / "interrupted.ckpt")
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored after fit
 
     resume_in_process(tiny_data, tmp_path)
-    assert_same_weights(tmp_path / "checkpoints" / "last.ckpt", reference_run[1])
+    assert_same_weights(last, reference_run[1])
+    assert_weights_differ(interrupted, last)  # the control: the resumed epochs moved them

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import torch
-from conftest import compose_train, seed_preprocessing, tiny_overrides
+from helpers import compose_train, seed_preprocessing, tiny_overrides
 from torch import nn
 
 from foodnet import machine

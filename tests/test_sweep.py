@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, subprocess_env
+from helpers import REPO, subprocess_env, tiny_overrides
 
 from foodnet.sweep import summarize
 
@@ -24,12 +24,7 @@ def _env() -> dict[str, str]:
 
 def _tiny(data: dict[str, Path]) -> list[str]:
     """Tiny-run overrides without data.batch_size, which the tests below sweep or search."""
-    return [f"data.train_manifest={data['train']}", f"data.val_manifest={data['val']}",
-            f"data.classes={data['classes']}", "model.preprocessing.image_size=32",
-            "data.num_workers=0",
-            "model.arch=resnet18", "model.weights=null", "trainer.max_epochs=1",
-            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false"]
+    return tiny_overrides(data, **{"data.batch_size": None})
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

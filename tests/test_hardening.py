@@ -22,6 +22,7 @@ from helpers import (
     subprocess_env,
     tiny_overrides,
 )
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from foodnet.data.preprocessing import Preprocessing
@@ -117,7 +118,7 @@ def test_03_frozen_random_backbone_warns_once_and_still_runs(tiny_data, tmp_path
     for override in ({"finetune": "full"}, {"model.weights": "DEFAULT"}):
         cfg = check_config(compose_train(tiny_overrides(tiny_data, **override), tmp_path),
                            TrainSchema)
-        warn_random_frozen_backbone(cfg)
+        warn_random_frozen_backbone(cfg.model.weights, instantiate(cfg.finetune))
     assert not caplog.records  # the control: trained backbone or real weights, no warning
 
 

@@ -7,10 +7,14 @@ import hashlib
 import os
 import platform
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from foodnet.errors import ConfigError
+
+# torch is imported where a device is asked about: the data tools read the worker count and
+# their --help answers without importing torch.
+if TYPE_CHECKING:
+    import torch
 
 MAX_AUTO_WORKERS = 8  # more decoding processes than this only add memory and start-up time
 
@@ -69,6 +73,8 @@ def num_workers(option: int | str = "auto") -> int:
 def resolve_device(accelerator: str = "auto") -> torch.device:
     """The device that Lightning picks for `trainer.accelerator` (also predict's `--device`):
     auto takes CUDA, else Apple's MPS, else the CPU."""
+    import torch
+
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return torch.device("cuda")
     if accelerator in ("auto", "gpu", "mps") and torch.backends.mps.is_available():
@@ -81,6 +87,8 @@ def resolve_device(accelerator: str = "auto") -> torch.device:
 
 def device_description(device: torch.device) -> str:
     """The device as a person reads it: 'AMD EPYC, 2 threads' or 'NVIDIA H200'."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
@@ -91,6 +99,8 @@ def device_description(device: torch.device) -> str:
 def device_key(device: torch.device) -> str:
     """What a measurement depends on besides the network: the device, for a CPU also its flags
     (a virtual machine may call different generations just 'AMD EPYC') and its thread count."""
+    import torch
+
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         return f"cuda:{torch.cuda.get_device_name(device)}:sm{major}{minor}"

@@ -146,6 +146,8 @@ def test_03_offline_weights_message_names_both_ways():
     ({"+data.batchsize": 8}, "data.batchsize: no such setting"),
     ({"data.num_workers": -1}, "data.num_workers=-1: expected auto or an integer >= 0"),
     ({"backbone_batch": 0}, "backbone_batch=0: expected auto or a positive integer"),
+    ({"channels_last": "maybe"}, "channels_last='maybe': expected auto, true or false"),
+    ({"compile": "maybe"}, "compile='maybe': expected auto, true or false"),
 ])
 def test_04_bad_values_fail_naming_the_key(tiny_data, tmp_path, override, message):
     cfg = compose_train(tiny_overrides(tiny_data, **override), run_dir=tmp_path)

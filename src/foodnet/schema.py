@@ -92,9 +92,9 @@ class CommonSchema:
 @dataclass
 class TrainSchema(CommonSchema):
     seed: int = MISSING
-    channels_last: Any = MISSING  # auto, true or false (checked in check_config)
-    compile: Any = MISSING  # auto, true or false
-    backbone_batch: Any = MISSING  # auto or a positive integer
+    channels_last: Any = MISSING  # auto, true or false (checked by speed.plan.check_options)
+    compile: Any = MISSING  # auto, true or false (speed.plan.check_options)
+    backbone_batch: Any = MISSING  # auto or a positive integer (speed.plan.check_options)
     cache_features: bool = MISSING
     cache_views: int = MISSING
     cache_dir: str = MISSING
@@ -108,7 +108,7 @@ class TrainSchema(CommonSchema):
 
 @dataclass
 class EvalSchema(CommonSchema):
-    channels_last: Any = MISSING  # auto, true or false (checked in check_config)
+    channels_last: Any = MISSING  # auto, true or false (checked by speed.plan.check_options)
     model: EvalModelSchema = field(default_factory=EvalModelSchema)
 
 
@@ -123,11 +123,7 @@ _RANGES = {
     "model.optimizer.lr": (float, lambda v: v > 0, "a positive number (the default is 1e-3)"),
     "model.optimizer.weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
     "trainer.max_epochs": (int, lambda v: v >= 1, "a positive integer"),
-    "backbone_batch": ((int, str), lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
-                       "auto or a positive integer"),
 }
-# Keys that are `auto` (measured on this machine, foodnet.speed) or a plain true/false.
-_AUTO_OR_BOOL = ("channels_last", "compile")
 
 
 def check_config(cfg: DictConfig, schema: type) -> DictConfig:
@@ -157,10 +153,6 @@ def check_config(cfg: DictConfig, schema: type) -> DictConfig:
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool) or not test(value):
             raise ConfigError(f"{key}={given!r}: expected {wanted}")
-    for key in _AUTO_OR_BOOL:
-        value = OmegaConf.select(typed, key, default=None)
-        if value is not None and value != "auto" and not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r}: expected auto, true or false")
     result = OmegaConf.create(OmegaConf.to_container(typed))
     OmegaConf.set_struct(result, True)
     return result

@@ -171,9 +171,7 @@ def choose_backbone_batch(option: int | str, device: torch.device, batch_size: i
     64, an EfficientNet-Lite0 at 224 px 2x, and the pass peaks about 0.7 GiB lower for the
     ResNet152; a small network on small images keeps the whole batch. `make bench` times the
     seed's single pass against these side by side."""
-    if option != "auto":
-        if isinstance(option, bool) or not isinstance(option, int) or option < 1:
-            raise ValueError(f"backbone_batch={option!r}: use auto or a positive integer")
+    if option != "auto":  # checked by plan.check_options
         return (option if option < batch_size else None), f"backbone_batch={option}"
     if device.type != "cpu" or backbone is None or image_size is None:
         return None, f"auto on {device.type}"

@@ -39,6 +39,19 @@ class SpeedPlan:
     notes: tuple[str, ...] = ()  # each decision and why, as the run logged it
 
 
+def check_options(**options: object) -> None:
+    """The speed options as a user writes them: channels_last and compile are auto, true or
+    false; backbone_batch is auto or a positive integer (None: not decided here)."""
+    for key in ("channels_last", "compile"):
+        value = options.get(key, "auto")
+        if value not in COMPILE_CHOICES or (value != "auto" and not isinstance(value, bool)):
+            raise ConfigError(f"{key}={value!r}: expected auto, true or false")
+    passes = options.get("backbone_batch")
+    if passes not in (None, "auto") and (isinstance(passes, bool) or not isinstance(passes, int)
+                                         or passes < 1):
+        raise ConfigError(f"backbone_batch={passes!r}: expected auto or a positive integer")
+
+
 def resolve_speed(backbone: nn.Module, *, arch: str, image_size: int, device: torch.device,
                   batch_size: int, precision: str | int = "auto",
                   channels_last: bool | str = "auto", backbone_batch: int | str | None = None,
@@ -51,8 +64,7 @@ def resolve_speed(backbone: nn.Module, *, arch: str, image_size: int, device: to
     run keeps. `backbone_batch` and `compile` apply to a frozen backbone only (None: whole
     batches, not decided); `images`: about how many images the frozen backbone sees in the run,
     what compiling would have to pay back."""
-    if compile not in COMPILE_CHOICES:
-        raise ConfigError(f"compile={compile!r}: use auto, true or false")
+    check_options(channels_last=channels_last, compile=compile, backbone_batch=backbone_batch)
     cache = cache or SpeedCache()
     frozen = not any(p.requires_grad for p in backbone.parameters())
     layout = choose_precision_and_layout(

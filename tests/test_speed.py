@@ -216,7 +216,8 @@ def test_a_busy_measurement_is_said_once_and_a_cached_decision_says_where_it_cam
         assert len(measured.notes) == 2 + len(doubts)
         assert "measured on test CPU in 3.0 s" in measured.notes[0]
         # From the cache: no second telling of the busy machine, and the source is named.
-        assert len(cached.notes) == 2 and not any("machine was busy" in note for note in cached.notes)
+        assert len(cached.notes) == 2
+        assert not any("machine was busy" in note for note in cached.notes)
         assert all(f"from the cache {cache.path}, measured there on test CPU" in note
                    for note in cached.notes)
     busy_choice = decide.choose_precision(busy, BF16)

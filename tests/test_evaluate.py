@@ -143,8 +143,8 @@ def test_misclassified_rows_are_costliest_first_with_clean_paths(tmp_path):
     from foodnet.reports.evaluation import write_misclassified
 
     lists = tmp_path / "lists"
-    samples = [Sample(lists / ".." / "photos" / f"{i}.jpg", label, lists / "m.txt", i + 1) for i, label in
-               enumerate([0, 1, 0, 1])]
+    samples = [Sample(lists / ".." / "photos" / f"{i}.jpg", label, lists / "m.txt", i + 1)
+               for i, label in enumerate([0, 1, 0, 1])]
     probs = torch.tensor([[0.40, 0.60],    # wrong, p(true) 0.40
                           [0.95, 0.05],    # wrong, p(true) 0.05: the costliest
                           [0.90, 0.10],    # right

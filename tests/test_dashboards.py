@@ -20,7 +20,7 @@ from helpers import compose_train, tiny_overrides
 from PIL import Image
 
 from foodnet.reports.figures import confusion_matrix_figure, figure_to_array, image_grid_figure
-from foodnet.train import train
+from foodnet.train import build, train
 
 EPOCHS = 2
 
@@ -168,3 +168,23 @@ def test_image_grid_titles_every_image():
     figure = image_grid_figure(images, ["a", "b", "c"], columns=2)
     titles = [ax.get_title() for ax in figure.axes]
     assert titles == ["a", "b", "c", ""]  # a 2x2 grid, the last cell empty
+
+
+def test_the_progress_bar_counts_epochs_as_the_epoch_lines_do(tiny_data, tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from foodnet.training.callbacks.progress import EpochProgressBar
+
+    bars = EpochProgressBar(), RichProgressBar()
+    for bar in bars:
+        bar._trainer = SimpleNamespace(max_epochs=10)
+    assert bars[0]._get_train_description(9).strip() == "Epoch 10/10"
+    assert bars[1]._get_train_description(9).strip() == "Epoch 9/9"  # the control: Lightning's
+    # The real config shows this bar; with the bar off (tiny runs), it is left out, not refused.
+    shown = build(compose_train(tiny_overrides(tiny_data, **{"trainer.enable_progress_bar":
+                                                             "true"}), run_dir=tmp_path))[2]
+    assert isinstance(shown.progress_bar_callback, EpochProgressBar)
+    hidden = build(compose_train(tiny_overrides(tiny_data), run_dir=tmp_path))[2]
+    assert hidden.progress_bar_callback is None

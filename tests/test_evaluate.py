@@ -2,10 +2,13 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from helpers import checkpoint_probs, compose_eval, eval_overrides, subprocess_env
 from PIL import Image
 
@@ -57,11 +60,22 @@ def test_evaluate_report_matches_a_hand_count(tiny_data, tiny_checkpoint, tmp_pa
 
     with (run_dir / "misclassified.csv").open(newline="") as stream:
         rows = list(csv.DictReader(stream))
-    expected = [(str(s.path), names[s.label], names[p], float(probs[i].max()))
-                for i, (s, p) in enumerate(zip(samples, preds, strict=True)) if p != s.label]
+    # The mistakes, costliest first (the loss of the true class), each path resolved: the
+    # manifest names them relative to its folder, possibly through "..".
+    expected = sorted(
+        ((str(s.path.resolve()), names[s.label], names[p], float(probs[i].max()),
+          -float(probs[i, s.label].log()))
+         for i, (s, p) in enumerate(zip(samples, preds, strict=True)) if p != s.label),
+        key=lambda e: -e[4])
     assert [(r["path"], r["true"], r["predicted"]) for r in rows] == [e[:3] for e in expected]
     assert [float(r["confidence"]) for r in rows] == pytest.approx([e[3] for e in expected],
                                                                    abs=1e-5)
+    assert [float(r["loss"]) for r in rows] == pytest.approx([e[4] for e in expected], abs=1e-4)
+    # The control: manifest order is not loss order here.
+    assert [e[0] for e in expected] != [str(s.path.resolve()) for s, p in
+                                        zip(samples, preds, strict=True) if p != s.label]
+    assert all(".." not in Path(r["path"]).parts and Path(r["path"]).is_absolute()
+               for r in rows)
     with Image.open(run_dir / "confusion.png") as image:
         assert image.format == "PNG" and min(image.size) >= 600
 
@@ -122,3 +136,25 @@ def test_unreadable_image_stops_with_its_manifest_line(tiny_data, tiny_checkpoin
         evaluate(cfg)
     assert user_message(caught.value) == (f"{manifest}:2: not an image (no image format "
                                           f"recognises this file) ({bad})")
+
+
+def test_misclassified_rows_are_costliest_first_with_clean_paths(tmp_path):
+    from foodnet.data.manifest import Sample
+    from foodnet.reports.evaluation import write_misclassified
+
+    lists = tmp_path / "lists"
+    samples = [Sample(lists / ".." / "photos" / f"{i}.jpg", label, lists / "m.txt", i + 1)
+               for i, label in enumerate([0, 1, 0, 1])]
+    probs = torch.tensor([[0.40, 0.60],    # wrong, p(true) 0.40
+                          [0.95, 0.05],    # wrong, p(true) 0.05: the costliest
+                          [0.90, 0.10],    # right
+                          [0.70, 0.30]])   # wrong, p(true) 0.30
+    write_misclassified(tmp_path / "m.csv", samples, probs, ["a", "b"])
+    with (tmp_path / "m.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    photos = tmp_path.resolve() / "photos"
+    assert [(r["path"], r["true"], r["predicted"]) for r in rows] == [
+        (str(photos / "1.jpg"), "b", "a"), (str(photos / "3.jpg"), "b", "a"),
+        (str(photos / "0.jpg"), "a", "b")]
+    assert [float(r["loss"]) for r in rows] == pytest.approx(
+        [-math.log(0.05), -math.log(0.30), -math.log(0.40)], abs=1e-5)

@@ -1,5 +1,6 @@
 """finetune=freeze|gradual|full: the gradual schedule, its BatchNorm handling, resuming, config."""
 
+import logging
 from functools import partial
 
 import lightning as L
@@ -98,7 +99,7 @@ def _params_of(net, prefix, bn: bool):
     return out
 
 
-def test_gradual_unfreezes_layer4_then_the_rest_at_the_configured_epochs():
+def test_gradual_unfreezes_layer4_then_the_rest_at_the_configured_epochs(caplog):
     # 6 steps, the warmup spans 3: the schedule switches to cosine after layer4 joined (step 2).
     module = _module(scheduler=partial(cosine_with_warmup, warmup_ratio=0.5,
                                        warmup_start_factor=0.1))
@@ -107,8 +108,9 @@ def test_gradual_unfreezes_layer4_then_the_rest_at_the_configured_epochs():
     bnaff_before = net.backbone.layer4[0].bn1.weight.detach().clone()
     conv3_before = net.backbone.layer3[0].conv1.weight.detach().clone()
     recorder = Recorder()
-    _fit(module, [GradualUnfreezing(unfreeze_last_at=1, unfreeze_all_at=2,
-                                    backbone_lr_factor=FACTOR, train_bn=False), recorder], 3)
+    with caplog.at_level(logging.INFO, logger="foodnet.training.finetune"):
+        _fit(module, [GradualUnfreezing(unfreeze_last_at=1, unfreeze_all_at=2,
+                                        backbone_lr_factor=FACTOR, train_bn=False), recorder], 3)
 
     head = {id(p) for p in net.head.parameters()}
     not_bn = {n for n in _names(net, "") if not any(n.startswith(b + ".") for b in _bn_names(net))}
@@ -130,6 +132,16 @@ def test_gradual_unfreezes_layer4_then_the_rest_at_the_configured_epochs():
             assert lr == pytest.approx(FACTOR * batch["lrs"][0], rel=1e-9)
     assert len({round(b["lrs"][0], 12) for b in recorder.batches}) == len(recorder.batches)
     # BatchNorm of unfrozen stages kept its statistics and affine; the convolutions trained.
+    # One line per unfreeze, epochs counted from 1 as the epoch lines count them, with the
+    # size and the lr of the new group (the head's scheduled lr then, times FACTOR).
+    sizes = {id(p): p.numel() for p in module.parameters()}
+    numbers = [(f"{sum(sizes[i] for i in e1['groups'][1]):,}", f"{e1['lrs'][1]:.3g}"),
+               (f"{sum(sizes[i] for i in e2['groups'][2]):,}", f"{e2['lrs'][2]:.3g}")]
+    assert [r.getMessage() for r in caplog.records if r.name == "foodnet.training.finetune"] == [
+        f"epoch 2: unfroze backbone.layer4 ({numbers[0][0]} parameters) at lr {numbers[0][1]} "
+        "(0.1x the head's)",
+        f"epoch 3: unfroze backbone ({numbers[1][0]} parameters) at lr {numbers[1][1]} "
+        "(0.1x the head's)"]
     assert torch.equal(net.backbone.layer4[0].bn1.running_mean, bn4_before)
     assert torch.equal(net.backbone.layer4[0].bn1.weight, bnaff_before)
     assert not torch.equal(net.backbone.layer3[0].conv1.weight, conv3_before)

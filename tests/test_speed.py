@@ -118,8 +118,9 @@ def test_a_slow_warm_up_does_not_use_up_the_budget():
      "1.10x fp32, below the 1.2x margin"),
     ({"32-true channels_last": 10, f"{BF16} channels_last": 15}, 1.0, 0.0, BF16, "1.50x fp32"),
     # a busy machine: bf16's slowest sample is no faster than fp32's fastest by the margin
+    # (the number named first is the one compared with the margin)
     ({"32-true channels_last": 10, f"{BF16} channels_last": 15}, 1.4, 0.0, FP32,
-     "in its slowest sample (1.07x)"),
+     "ran at 1.07x fp32 in its slowest sample (1.50x at best), below the 1.2x margin"),
     ({"32-true channels_last": 10, f"{BF16} channels_last": 20}, 1.0, 0.05, FP32,
      "features differ by 5.0%"),
     ({"32-true channels_last": 10, "32-true contiguous": 12}, 1.0, 0.0, FP32, "not measured"),
@@ -156,7 +157,8 @@ def test_decisions_are_cached_per_device_arch_and_size_and_explicit_values_win(t
     net.costs[(BF16, True)] = net.costs[(BF16, False)] = 1.0
     again = decide.choose_precision_and_layout(net, 8, CPU, "costed", cache=cache)
     assert (again.precision, again.channels_last) == (BF16, True) and calls == [8]
-    assert f"cached in {cache.path}" in again.notes[0]
+    assert f"from the cache {cache.path}, measured there on" in again.notes[0]
+    assert "measured on" not in again.notes[0]
     entries = json.loads(cache.path.read_text())
     (key,) = entries
     assert "costed" in key and "8px" in key and f"torch {torch.__version__}" in key
@@ -186,11 +188,41 @@ def test_an_incomplete_calibration_keeps_fp32_and_is_cached_all_the_same(tmp_pat
     settings = decide.choose_precision_and_layout(net, 8, CPU, "costed", cache=cache)
     assert settings.precision == FP32
     assert "bf16-mixed not measured: over the 15 s calibration budget" in settings.notes[0]
-    assert "incomplete (bf16-mixed channels_last, bf16-mixed contiguous over the time budget)" in \
-        settings.notes[0]
+    assert settings.notes[-1] == (
+        "speed: the measurement is incomplete (bf16-mixed channels_last, bf16-mixed contiguous "
+        f"over the time budget): delete {cache.path} to measure again")
     # Cached: the next run decides the same, even where it would have had time to measure.
     net.costs.update({key: 0.01 for key in net.costs})
     assert decide.choose_precision_and_layout(net, 8, CPU, "costed", cache=cache).precision == FP32
+
+
+def test_a_busy_measurement_is_said_once_and_a_cached_decision_says_where_it_came_from(
+        tmp_path, monkeypatch):
+    busy = Calibration(device="test CPU", img_per_s={"32-true channels_last": 10.0,
+                                                     f"{BF16} channels_last": 17.8},
+                       spread={f"{BF16} channels_last": 1.648}, seconds=3.0, load=1.6)
+    calm = Calibration(device="test CPU", img_per_s=busy.img_per_s, seconds=3.0, load=0.1)
+    cache = SpeedCache(tmp_path / "speed.json")
+    for calibration, name in ((busy, "busy"), (calm, "calm")):
+        monkeypatch.setattr(decide, "calibrate", lambda *args, c=calibration, **kwargs: c)
+        measured = decide.choose_precision_and_layout(costed(), 8, CPU, name, cache=cache)
+        cached = decide.choose_precision_and_layout(costed(), 8, CPU, name, cache=cache)
+        doubts = [note for note in measured.notes if "machine was busy" in note]
+        if calibration is busy:
+            assert doubts == ["speed: the machine was busy while measuring (load 1.6, samples "
+                              f"varied up to 1.6x): delete {cache.path} to measure again"]
+        else:  # the control: a calm measurement has no such line
+            assert doubts == []
+        assert len(measured.notes) == 2 + len(doubts)
+        assert "measured on test CPU in 3.0 s" in measured.notes[0]
+        # From the cache: no second telling of the busy machine, and the source is named.
+        assert len(cached.notes) == 2
+        assert not any("machine was busy" in note for note in cached.notes)
+        assert all(f"from the cache {cache.path}, measured there on test CPU" in note
+                   for note in cached.notes)
+    busy_choice = decide.choose_precision(busy, BF16)
+    assert busy_choice.why == ("bf16-mixed ran at 1.08x fp32 in its slowest sample (1.78x at "
+                               "best), below the 1.2x margin")
 
 
 def test_the_default_cache_is_in_the_users_cache_folder(_user_cache):
@@ -210,7 +242,7 @@ def test_train_config_measures_once_and_logs_its_decision(tiny_data, tmp_path, c
         _, module, trainer = build(cfg)
         _, _, again = build(cfg)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision auto")]
-    assert len(lines) == 2 and "measured on" in lines[0] and "cached in" in lines[1]
+    assert len(lines) == 2 and "measured on" in lines[0] and "from the cache" in lines[1]
     assert str(trainer.precision) == str(again.precision)
     assert str(trainer.precision) in lines[0]
     compile_lines = [r.getMessage() for r in caplog.records

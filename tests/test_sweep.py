@@ -141,3 +141,24 @@ def test_summary_reports_a_job_that_left_no_metrics(tmp_path):
     assert rows[0]["val/acc_best"] == "0.5000" and rows[1]["status"] == "unfinished"
     assert "**Best: job 0**, val/acc_best 0.5000, `model.optimizer.lr=1e-3`" in \
         (tmp_path / "summary.md").read_text()
+
+
+def test_the_summary_shows_swept_floats_to_4_significant_digits(tmp_path):
+    lrs = ("0.015238363140598041", "0.0031", "2e-3")
+    for num, lr in enumerate(lrs):
+        job = tmp_path / str(num)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(
+            f"- model.optimizer.lr={lr}\n- trainer.max_epochs=12\n- data.augment=seed\n")
+        (job / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+        (job / "metrics.json").write_text(json.dumps(
+            {"status": "completed", "val/acc_best": 0.5 + num / 10 if num != 2 else 0.1,
+             "test/acc": None, "epochs": 12, "max_epochs": 12}))
+    summarize(tmp_path)
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "0.015238363140598041" not in markdown
+    assert "**Best: job 1**, val/acc_best 0.6000, `model.optimizer.lr=0.0031`" in markdown
+    assert "| 0 | completed | 0.5000 |  | 0.01524 |" in markdown
+    assert "| 2 | completed | 0.1000 |  | 2e-3 |" in markdown  # as written: no shorter
+    # The control: the CSV keeps the exact value, to run the job again.
+    assert "model.optimizer.lr=0.015238363140598041" in _summary(tmp_path)[0]["overrides"]

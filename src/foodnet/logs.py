@@ -62,26 +62,63 @@ def console_logging(info_stream: str = "stdout", level: int = logging.INFO) -> N
 # Library loggers whose INFO lines are chatter in a foodnet run: Lightning's "GPU available",
 # "💡 Tip", the model summary table, "`Trainer.fit` stopped: ...".
 CHATTY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+# Library loggers whose warnings are chatter: torch's C++ extension finder says "No CUDA runtime
+# is found, using CUDA_HOME=..." whenever torch.compile runs on a machine without a GPU.
+CHATTY_WARNING_LOGGERS = ("torch.utils.cpp_extension",)
 
 
 @contextmanager
 def library_chatter(verbose: bool) -> Iterator[None]:
-    """Unless verbose: library INFO lines and deprecation/possible-user warnings are off inside."""
-    if verbose:
-        yield
-        return
-    loggers = [logging.getLogger(name) for name in CHATTY_LOGGERS]
-    levels = [logger.level for logger in loggers]
+    """Unless verbose: library INFO lines and deprecation/possible-user warnings are off inside.
+    Either way each library line shows once, through foodnet's handlers (console and log file)."""
+    # Imported first: importing Lightning sets its loggers to INFO, which would undo the levels
+    # set below, and gives the `lightning` logger a console handler of its own.
+    import lightning  # noqa: F401
+
+    own = _library_handlers()
+    for logger, handler in own:
+        logger.removeHandler(handler)
+    try:
+        if verbose:
+            yield
+            return
+        with _quiet():
+            yield
+    finally:
+        for logger, handler in own:
+            logger.addHandler(handler)
+
+
+def _library_handlers() -> list[tuple[logging.Logger, logging.Handler]]:
+    """Lightning's own console handlers, which print each of its lines a second time (as
+    "INFO: ...") next to foodnet's handlers on the root logger."""
+    if not logging.getLogger().handlers:
+        return []
+    pairs = []
+    for name in CHATTY_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.propagate:
+            pairs += [(logger, handler) for handler in logger.handlers
+                      if type(handler) is logging.StreamHandler]
+    return pairs
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    levels = {name: logging.WARNING for name in CHATTY_LOGGERS}
+    levels.update({name: logging.ERROR for name in CHATTY_WARNING_LOGGERS})
+    loggers = {logging.getLogger(name): level for name, level in levels.items()}
+    before = {logger: logger.level for logger in loggers}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         # Lightning's hints about worker counts and logging intervals on tiny data.
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*log_every_n_steps.*")
-        for logger in loggers:
-            logger.setLevel(logging.WARNING)
+        for logger, level in loggers.items():
+            logger.setLevel(level)
         try:
             yield
         finally:
-            for logger, level in zip(loggers, levels, strict=True):
+            for logger, level in before.items():
                 logger.setLevel(level)

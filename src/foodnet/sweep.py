@@ -104,9 +104,27 @@ def _keys(job: JobResult) -> set[str]:
 
 
 def _swept(job: JobResult, varying: list[str]) -> str:
-    """The job's overrides of the swept keys (all of them when nothing varies)."""
+    """The job's overrides of the swept keys (all of them when nothing varies), for reading."""
     chosen = [o for o in job.overrides if o.partition("=")[0] in varying]
-    return " ".join(chosen or job.overrides)
+    return " ".join(_readable(o) for o in chosen or job.overrides)
+
+
+def _short(value: str) -> str:
+    """A float as 4 significant digits (Optuna's lr=0.015238363140598041 as 0.01524); other
+    values as given. summary.csv and each job's .hydra/overrides.yaml keep the exact value."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if "." not in value and "e" not in value.lower():
+        return value  # an integer, or inf/nan
+    short = f"{number:.4g}"
+    return short if len(short) < len(value) else value  # 1e-3 stays as the user wrote it
+
+
+def _readable(override: str) -> str:
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{_short(value)}"
 
 
 def _fmt(value: float | None) -> str:
@@ -142,7 +160,7 @@ def render_table(jobs: list[JobResult]) -> list[str]:
     for j in jobs:
         chosen = dict(o.partition("=")[::2] for o in j.overrides)
         row = [str(j.job), _status(j) + (" (best)" if j is best else ""), _fmt(j.best_val_acc),
-               _fmt(j.test_acc), *[chosen.get(k, "") for k in varying], f"`{j.run_dir}`"]
+               _fmt(j.test_acc), *[_short(chosen.get(k, "")) for k in varying], f"`{j.run_dir}`"]
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     return lines
 

@@ -1,5 +1,6 @@
 """Evaluate a network over a labelled dataset: every sample's probabilities, in manifest order
-(also under DDP), for the report, the confusion matrix and the list of mistakes."""
+(also under DDP), for the report, the confusion matrix and the list of mistakes (costliest
+first)."""
 
 from __future__ import annotations
 
@@ -60,12 +61,19 @@ class Evaluator(L.LightningModule):
 
 def write_misclassified(path: Path, samples: list[Sample], probs: torch.Tensor,
                         class_names: list[str]) -> None:
-    """One row per wrong prediction, in manifest order."""
+    """One row per wrong prediction, the most confident mistakes (highest loss) first, each
+    image's path resolved (a manifest's `../photos/x.jpg` as the file it names)."""
     confidence, preds = probs.max(dim=1)
-    rows = [(str(s.path), class_names[s.label], class_names[p], f"{c:.6f}")
-            for s, p, c in zip(samples, preds.tolist(), confidence.tolist(), strict=True)
+    labels = torch.tensor([s.label for s in samples])
+    # The cross-entropy of the true class: what the network's mistake cost.
+    loss = -probs[torch.arange(len(samples)), labels].clamp_min(1e-12).log()
+    rows = [(float(loss[i]), str(Path(s.path).resolve()), class_names[s.label],
+             class_names[p], f"{c:.6f}")
+            for i, (s, p, c) in enumerate(zip(samples, preds.tolist(), confidence.tolist(),
+                                              strict=True))
             if p != s.label]
+    rows.sort(key=lambda row: -row[0])
     with path.open("w", encoding="utf-8", newline="") as stream:
         writer = csv.writer(stream, lineterminator="\n")
-        writer.writerow(("path", "true", "predicted", "confidence"))
-        writer.writerows(rows)
+        writer.writerow(("path", "true", "predicted", "confidence", "loss"))
+        writer.writerows((*row[1:], f"{row[0]:.6f}") for row in rows)

@@ -53,9 +53,11 @@ def choose_precision(calibration: Calibration, low: str | None) -> PrecisionChoi
     worst = ratio / calibration.spread.get(mode_name(low, low_best[0]), 1.0)
     error = calibration.feature_error.get(low, 0.0)
     if worst < LOW_PRECISION_MARGIN:
-        margin = "" if ratio < LOW_PRECISION_MARGIN else f" in its slowest sample ({worst:.2f}x)"
-        return PrecisionChoice(FP32, fp32[0], f"{low} ran at {ratio:.2f}x fp32, below the "
-                                              f"{LOW_PRECISION_MARGIN}x margin{margin}")
+        # The number named first is the one compared with the margin.
+        ran = (f"{ratio:.2f}x fp32" if ratio < LOW_PRECISION_MARGIN else
+               f"{worst:.2f}x fp32 in its slowest sample ({ratio:.2f}x at best)")
+        return PrecisionChoice(FP32, fp32[0], f"{low} ran at {ran}, below the "
+                                              f"{LOW_PRECISION_MARGIN}x margin")
     if error > MAX_FEATURE_ERROR:
         return PrecisionChoice(FP32, fp32[0], f"{low} ran at {ratio:.2f}x fp32 but its features "
                                               f"differ by {error:.1%} (over "
@@ -104,9 +106,10 @@ def choose_precision_and_layout(backbone: nn.Module, image_size: int,
     cache = cache or SpeedCache()
     key = measurement_key(device, arch, image_size)
     entry = cache.get(key)
+    doubt = ""
     if entry is not None:
         calibration = Calibration(**entry["calibration"])
-        source = f"measured on {calibration.device}, cached in {cache.path}"
+        source = f"from the cache {cache.path}, measured there on {calibration.device}"
     else:
         calibration = calibrate(backbone, image_size, device)
         # Cached even when incomplete (fp32 then wins what was not measured): every run on this
@@ -114,14 +117,8 @@ def choose_precision_and_layout(backbone: nn.Module, image_size: int,
         cache.put(key, {"calibration": asdict(calibration)})
         source = (f"measured on {calibration.device} in {calibration.seconds:.1f} s, cached in "
                   f"{cache.path}")
-    if not calibration.complete:
-        over = [name for name, why in calibration.skipped.items() if "budget" in why]
-        source += (f"; incomplete ({', '.join(over)} over the time budget): delete that file to "
-                   "measure again")
-    spread = max(calibration.spread.values(), default=1.0)
-    if spread > NOISY_SPREAD:
-        source += (f"; the machine was busy (load {calibration.load}, samples varied up to "
-                   f"{spread:.1f}x): delete that file to measure again")
+        # Said once, when measured: later runs decide from the cache, whatever the machine did.
+        doubt = measurement_doubts(calibration)
     choice = choose_precision(calibration, low_precision(device))
     if precision == "auto":
         precision = choice.precision
@@ -131,7 +128,22 @@ def choose_precision_and_layout(backbone: nn.Module, image_size: int,
         channels_last = measured[0] if measured is not None else choice.channels_last
         notes.append(f"channels_last auto: {str(channels_last).lower()} "
                      f"({_layout_ratio(calibration, precision)}; {source})")
+    if doubt:
+        notes.append(f"speed: {doubt}: delete {cache.path} to measure again")
     return PrecisionLayout(precision, bool(channels_last), calibration, tuple(notes))
+
+
+def measurement_doubts(calibration: Calibration) -> str:
+    """Why a calibration may not show the machine at its usual speed ("" when nothing)."""
+    doubts = []
+    if not calibration.complete:
+        over = [name for name, why in calibration.skipped.items() if "budget" in why]
+        doubts.append(f"the measurement is incomplete ({', '.join(over)} over the time budget)")
+    spread = max(calibration.spread.values(), default=1.0)
+    if spread > NOISY_SPREAD:
+        doubts.append(f"the machine was busy while measuring (load {calibration.load}, samples "
+                      f"varied up to {spread:.1f}x)")
+    return "; ".join(doubts)
 
 
 def _layout_ratio(calibration: Calibration, precision: str | int) -> str:

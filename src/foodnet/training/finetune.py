@@ -3,6 +3,7 @@ unfreezing as a callback. Each is an object; nothing outside them compares strat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import lightning as L
@@ -20,6 +21,8 @@ from foodnet.models.transfer import TransferNet, set_backbone_trainable
 
 # Param-group keys that hold learning rates (torch's schedulers add initial_lr, max_lr, min_lr).
 LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+
+log = logging.getLogger(__name__)
 
 
 def backbone_stages(net: TransferNet) -> list[list[nn.Module]]:
@@ -74,13 +77,13 @@ class GradualUnfreezing(BaseFinetuning):
         # train again (their param groups come back from the checkpoint, requires_grad does not).
         stages = backbone_stages(pl_module.net)
         if epoch >= self.unfreeze_last_at:
-            self._unfreeze(stages[-1], pl_module, optimizer)
+            self._unfreeze(stages[-1], pl_module, optimizer, epoch)
         if self.unfreeze_all_at is not None and epoch >= self.unfreeze_all_at:
             # The whole backbone: also parameters outside the stages (a ViT's position embedding).
-            self._unfreeze([pl_module.net.backbone], pl_module, optimizer)
+            self._unfreeze([pl_module.net.backbone], pl_module, optimizer, epoch)
 
     def _unfreeze(self, modules: list[nn.Module], pl_module: L.LightningModule,
-                  optimizer: Optimizer) -> None:
+                  optimizer: Optimizer, epoch: int) -> None:
         self.make_trainable(modules)
         if not self.train_bn:
             # No trainable parameter left: FoodClassifier.train() keeps these layers in eval mode.
@@ -96,12 +99,26 @@ class GradualUnfreezing(BaseFinetuning):
         if params:
             add_scaled_param_group(optimizer, params, self.backbone_lr_factor,
                                    [c.scheduler for c in pl_module.trainer.lr_scheduler_configs])
+            # Epochs counted from 1, as the epoch lines count them.
+            log.info("epoch %d: unfroze %s (%s parameters) at lr %.3g (%gx the head's)",
+                     epoch + 1, module_names(pl_module.net, modules),
+                     f"{sum(p.numel() for p in params):,}", optimizer.param_groups[-1]["lr"],
+                     self.backbone_lr_factor)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: Optimizer) -> None:
         if isinstance(trainer.strategy, DDPStrategy) and trainer.world_size > 1:
             average_gradients([p for p in self._unfrozen.values() if p.grad is not None],
                               trainer.world_size)
+
+
+def module_names(net: nn.Module, modules: list[nn.Module], most: int = 4) -> str:
+    """The modules' names inside `net`, the first and last of a long list."""
+    names_by_id = {id(module): name for name, module in net.named_modules()}
+    names = [names_by_id.get(id(module), type(module).__name__) for module in modules]
+    if len(names) > most:
+        return f"{names[0]} ... {names[-1]} ({len(names)} modules)"
+    return ", ".join(names)
 
 
 def average_gradients(params: list[nn.Parameter], world_size: int) -> None:

@@ -176,7 +176,9 @@ class FoodClassifier(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         self.val_acc_best(self.val_metrics[VAL_ACC].compute())
-        self.log(VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True)
+        # A tensor, not the metric (logging the metric would reset the best at each epoch's end):
+        # every process holds the same value, so syncing it is a no-op that Lightning asks for.
+        self.log(VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx):
         loss, logits, y = self._shared_step(batch)

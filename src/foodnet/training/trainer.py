@@ -16,6 +16,12 @@ def create_trainer(precision: str | int = "32-true", **kwargs) -> L.Trainer:
     if precision == "auto":
         raise ValueError("trainer.precision=auto must be resolved first with "
                          "foodnet.speed.plan.resolve_speed (it measures the backbone)")
+    if not kwargs.get("enable_progress_bar", True):
+        # conf/callbacks names the bar shown when there is one; with none, Lightning refuses it.
+        from lightning.pytorch.callbacks import ProgressBar
+
+        kwargs["callbacks"] = [c for c in kwargs.get("callbacks") or []
+                               if not isinstance(c, ProgressBar)]
     return L.Trainer(precision=precision, **kwargs)
 
 

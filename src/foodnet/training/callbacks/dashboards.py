@@ -75,8 +75,11 @@ class SpeedMonitor(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         train_seconds = max(self._last_batch_end - self._epoch_start, 1e-9)
-        pl_module.log("speed/train_images_per_sec", self._images / train_seconds)
-        pl_module.log("speed/epoch_seconds", time.perf_counter() - self._epoch_start)
+        # Under DDP: the images of every process per second, and the slowest process's epoch.
+        pl_module.log("speed/train_images_per_sec", self._images / train_seconds,
+                      sync_dist=True, reduce_fx="sum")
+        pl_module.log("speed/epoch_seconds", time.perf_counter() - self._epoch_start,
+                      sync_dist=True, reduce_fx="max")
 
 
 class AugmentedSamples(L.Callback):

@@ -98,6 +98,7 @@ class TrainSchema(CommonSchema):
     cache_features: bool = MISSING
     cache_views: int = MISSING
     cache_dir: str = MISSING
+    calibrate: bool = MISSING
     model: ModelSchema = field(default_factory=ModelSchema)
     finetune: dict[str, Any] = field(default_factory=dict)  # the strategy (_target_), its options
     augment: dict[str, Any] = field(default_factory=dict)  # _target_ (a policy) and its options

@@ -110,6 +110,7 @@ class TrainSchema(CommonSchema):
 @dataclass
 class EvalSchema(CommonSchema):
     channels_last: Any = MISSING  # auto, true or false (checked in check_config)
+    calibrate: bool = MISSING
     model: EvalModelSchema = field(default_factory=EvalModelSchema)
 
 

@@ -45,7 +45,6 @@ EXAMPLE_BATCH = 2
 def probability_model(net: TransferNet, temperature: float = 1.0) -> nn.Module:
     """The exported graph: the network, then softmax(logits / temperature): outputs are the
     calibrated probabilities that predict answers for the checkpoint."""
-    import torch
     from torch import nn
 
     class Temperature(nn.Module):  # here: torch is imported on use (see above)

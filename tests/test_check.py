@@ -1,7 +1,9 @@
 """`python -m foodnet.data check`: summary, every problem as MANIFEST:LINE: message (path),
-exit 0 when clean or only warnings, 1 on any error."""
+exit 0 when clean or only warnings, 1 on any error; byte-identical files across labels and
+splits."""
 
 import re
+import shutil
 import subprocess
 import sys
 
@@ -82,3 +84,52 @@ def test_check_entry_point_exit_codes(tmp_path):
     result = subprocess.run(command[:-1], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_byte_identical_files_across_labels_and_splits_are_reported(tmp_path, capsys):
+    """Copies planted under another label, in another split, and twice in one split are each
+    reported naming both MANIFEST:LINE; distinct images of the same size are not."""
+    make_images(tmp_path, [(16, 16)] * 5)  # same size, different pixels: hashed, not copies
+    shutil.copy(tmp_path / "img0.png", tmp_path / "relabelled.png")
+    shutil.copy(tmp_path / "img1.png", tmp_path / "leaked.png")
+    shutil.copy(tmp_path / "img2.png", tmp_path / "twice.png")
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    train.write_text("img0.png 0\nimg1.png 1\nimg2.png 1\nrelabelled.png 2\ntwice.png 1\n")
+    test.write_text("img3.png 0\nleaked.png 1\nimg4.png 2\n")
+    (tmp_path / "classes.txt").write_text("pizza\nsushi\nramen\n")
+    code = main(["check", str(train), str(test), "--classes", str(tmp_path / "classes.txt")])
+    out = capsys.readouterr().out
+    assert code == 0, out  # warnings, not errors: the data still trains
+    found = [line for line in out.splitlines() if re.match(r".*\.txt:\d+: ", line)]
+    assert found == [
+        f"{train}:4: warning: byte-identical to {train}:1 ({tmp_path / 'img0.png'}), labelled "
+        f"0 (pizza) there but 2 (ramen) here: one label is wrong; fix it, and keep one copy "
+        f"({tmp_path / 'relabelled.png'})",
+        f"{train}:5: note: byte-identical to {train}:3 ({tmp_path / 'img2.png'}): the image "
+        f"counts twice in this split ({tmp_path / 'twice.png'})",
+        f"{test}:2: warning: byte-identical to {train}:2 ({tmp_path / 'img1.png'}) in another "
+        "split: a leak between splits (the model is scored on an image it trained on); keep it "
+        f"in one manifest ({tmp_path / 'leaked.png'})",
+    ]
+    assert "0 error(s), 2 warning(s), 1 note(s) in 2 manifest(s)" in out
+
+
+def test_a_relabelled_leak_and_a_clean_set(tmp_path, capsys):
+    """One file listed in train and, under another label, in test: both faults in one line.
+    The control: the same manifests without it report no copy at all."""
+    make_images(tmp_path, [(16, 16)] * 4)
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    train.write_text("img0.png 0\nimg1.png 1\n")
+    test.write_text("img2.png 0\nimg3.png 1\n")
+    assert main(["check", str(train), str(test)]) == 0
+    clean = capsys.readouterr().out
+    assert "0 error(s), 0 warning(s) in 2 manifest(s)" in clean
+    assert "identical" not in clean and "same file" not in clean
+
+    test.write_text("img2.png 0\nimg3.png 1\nimg0.png 1\n")
+    assert main(["check", str(train), str(test), "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert (f"{test}:3: warning: the same file as {train}:1 ({tmp_path / 'img0.png'}) in another "
+            "split (a leak), and labelled 0 there but 1 here: one label is wrong; fix it, and "
+            f"keep one copy ({tmp_path / 'img0.png'})") in out
+    assert "0 error(s), 1 warning(s) in 2 manifest(s)" in out

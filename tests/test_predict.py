@@ -142,3 +142,34 @@ def test_decoding_in_worker_processes_gives_the_same_predictions_in_order(tiny_c
     # Batched differently from the hand count: equal up to float32 reordering.
     torch.testing.assert_close(torch.stack([p.probs for p in parallel if p.error is None]),
                                by_hand, atol=1e-5, rtol=1e-4)
+
+
+def test_min_confidence_answers_unsure_with_the_topk_still_given(tiny_checkpoint, tiny_data,
+                                                                  capsys):
+    def run(*options):
+        assert main([str(tiny_checkpoint), str(tiny_data["test"]), "--topk", "3", "--device",
+                     "cpu", *options]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    # The control: without a threshold no answer is unsure.
+    plain = run()
+    assert not any(r["unsure"] for r in plain)
+    tops = sorted(r["predictions"][0]["prob"] for r in plain)
+    threshold = (tops[len(tops) // 2 - 1] + tops[len(tops) // 2]) / 2  # half below, half above
+    records = run("--min-confidence", f"{threshold}")
+    assert [r["unsure"] for r in records] == [r["predictions"][0]["prob"] < threshold
+                                              for r in plain]
+    assert sum(r["unsure"] for r in records) == len(records) // 2
+    # An unsure answer keeps its top-k, unchanged.
+    assert [r["predictions"] for r in records] == [r["predictions"] for r in plain]
+    assert main([str(tiny_checkpoint), str(tiny_data["test"]), "--topk", "2", "--device", "cpu",
+                 "--format", "csv", "--min-confidence", "1"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 2 * len(plain) and all(row["unsure"] == "true" for row in rows)
+
+
+def test_min_confidence_must_be_a_probability(tiny_checkpoint, tiny_data, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([str(tiny_checkpoint), str(tiny_data["test"]), "--min-confidence", "1.5"])
+    assert stop.value.code == 2
+    assert "1.5 is not a probability between 0 and 1" in capsys.readouterr().err

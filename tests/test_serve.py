@@ -575,3 +575,22 @@ def test_serve_reads_every_export_format_with_the_checkpoints_answers(
         probs = {p["label"]: p["prob"] for p in theirs["predictions"]}
         assert {p["label"]: p["prob"] for p in ours["predictions"]} == pytest.approx(probs,
                                                                                    abs=1e-3)
+
+
+def test_min_confidence_server_option_and_request_field(tiny_checkpoint, photos):
+    """--min-confidence (create_app's min_confidence) marks answers below it unsure, the top-k
+    still given; a request's min_confidence field overrides it (control: 0, none unsure)."""
+    app = create_app(open_classifier(tiny_checkpoint, device="cpu"), model_card(tiny_checkpoint),
+                     max_batch_size=8, max_wait=0.01, max_upload_bytes=MIB, min_confidence=1.0)
+    with serve_in_thread(app) as client:
+        server_default = client.post("/predict", files=upload(*photos[:4]), data={"topk": "3"})
+        overridden = client.post("/predict", files=upload(*photos[:4]),
+                                 data={"topk": "3", "min_confidence": "0"})
+        bad = client.post("/predict", files=upload(photos[0]), data={"min_confidence": "2"})
+    assert server_default.status_code == overridden.status_code == 200, server_default.text
+    assert [r["unsure"] for r in server_default.json()] == [True] * 4
+    assert [r["unsure"] for r in overridden.json()] == [False] * 4
+    assert [r["predictions"] for r in server_default.json()] == \
+        [r["predictions"] for r in overridden.json()]
+    assert all(len(r["predictions"]) == 3 for r in server_default.json())
+    assert bad.status_code == 400 and "min_confidence" in bad.json()["error"]

@@ -129,6 +129,14 @@ def run_cli(body: Callable[[], int]) -> int:
         return stop.code
 
 
+def probability(text: str) -> float:
+    """An argparse type: a probability in [0, 1] (--min-confidence)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An argparse type: the argparse commands' counts (--batch-size, --topk, --threads)."""
     value = int(text)

@@ -1,6 +1,7 @@
 """Export a checkpoint for deployment: `python -m foodnet.export CKPT --format onnx --out FILE`.
 
-Writes FILE (the network followed by softmax: the output is class probabilities) and FILE.json,
+Writes FILE (the network, then softmax of its logits divided by the checkpoint's temperature:
+the output is calibrated class probabilities) and FILE.json,
 the preprocessing it expects (the checkpoint's record: input size, resize and crop, mean, std,
 interpolation), its class names, its input/output names and the checkpoint's model card.
 Formats: `onnx` (PyTorch's dynamo exporter, for onnxruntime and other runtimes) and `pt2` (a
@@ -41,11 +42,16 @@ ONNX_OPSET = 18
 EXAMPLE_BATCH = 2
 
 
-def probability_model(net: TransferNet) -> nn.Module:
-    """The exported graph: the network followed by softmax, so outputs are probabilities."""
+def probability_model(net: TransferNet, temperature: float = 1.0) -> nn.Module:
+    """The exported graph: the network, then softmax(logits / temperature): outputs are the
+    calibrated probabilities that predict answers for the checkpoint."""
     from torch import nn
 
-    return nn.Sequential(net.backbone, net.head, nn.Softmax(dim=1)).eval()
+    class Temperature(nn.Module):  # here: torch is imported on use (see above)
+        def forward(self, logits: torch.Tensor) -> torch.Tensor:
+            return logits / temperature
+
+    return nn.Sequential(net.backbone, net.head, Temperature(), nn.Softmax(dim=1)).eval()
 
 
 def _batch_dim() -> torch.export.Dim:
@@ -118,7 +124,7 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     net, info = load_model(checkpoint)
     pre = info.preprocessing
     size = pre.image_size
-    model = probability_model(net)
+    model = probability_model(net, info.temperature)
     example = torch.zeros(EXAMPLE_BATCH, 3, size, size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +140,8 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
         "input": f"float32 N x 3 x {size} x {size}: RGB, {describe_resize(pre)}, scaled to "
                  "[0, 1], then (x - mean) / std per channel",
         "output_name": OUTPUT_NAME,
-        "output": "float32 N x num_classes: softmax probabilities, index = label",
+        "output": "float32 N x num_classes: softmax(logits / temperature) probabilities, "
+                  "index = label",
         "checkpoint": str(checkpoint),
         "card": checkpoint_card(checkpoint, read_checkpoint(checkpoint)),
     }

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from foodnet.errors import EXIT_OK, EXIT_PARTIAL, positive_int, run_cli
+from foodnet.errors import EXIT_OK, EXIT_PARTIAL, positive_int, probability, run_cli
 from foodnet.logs import console_logging
 
 # torch comes with foodnet.inference.predictor, imported in run(): `--help` and an argument error
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from foodnet.inference.predictor import Classifier
 
 log = logging.getLogger(__name__)
-CSV_COLUMNS = ("path", "rank", "label", "class", "prob", "error")
+CSV_COLUMNS = ("path", "rank", "label", "class", "prob", "unsure", "error")
 
 
 def workers_option(text: str) -> int | str:
@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="image files, folders (recursive) or .txt image lists")
     parser.add_argument("--topk", type=positive_int, default=5,
                         help="classes per image, most probable first (capped at the class count)")
+    parser.add_argument("--min-confidence", type=probability, default=0.0, metavar="P",
+                        help="answer unsure (\"unsure\": true, the top-k still given) when the "
+                             "top class's calibrated probability is below P (default: never)")
     parser.add_argument("--format", choices=("json", "csv"), default="json")
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--workers", type=workers_option, default="auto",
@@ -61,15 +64,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def predict_records(classifier: Classifier, paths: list[Path], topk: int,
-                    batch_size: int, num_workers: int | str = "auto") -> list[dict]:
-    """One record per image: {"path", "predictions": [{"label", "class", "prob"}]} (+ "error")."""
+                    batch_size: int, num_workers: int | str = "auto",
+                    min_confidence: float = 0.0) -> list[dict]:
+    """One record per image: {"path", "predictions": [{"label", "class", "prob"}], "unsure"}
+    (or "error")."""
     from foodnet.inference.predictor import predict_images, prediction_record
 
     records = []
     for prediction in predict_images(classifier, paths, batch_size, num_workers):
         if prediction.error is not None:
             log.error("error: %s", prediction.error)
-        records.append(prediction_record(prediction, classifier.info.class_names, topk))
+        records.append(prediction_record(prediction, classifier.info.class_names, topk,
+                                         min_confidence=min_confidence))
     return records
 
 
@@ -79,9 +85,10 @@ def write_csv(records: list[dict], stream: TextIO) -> None:
     writer.writerow(CSV_COLUMNS)
     for record in records:
         if "error" in record:
-            writer.writerow([record["path"], "", "", "", "", record["error"]])
+            writer.writerow([record["path"], "", "", "", "", "", record["error"]])
         for rank, p in enumerate(record["predictions"], start=1):
-            writer.writerow([record["path"], rank, p["label"], p["class"], f"{p['prob']:.6f}", ""])
+            writer.writerow([record["path"], rank, p["label"], p["class"], f"{p['prob']:.6f}",
+                             str(record["unsure"]).lower(), ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.out)
     classifier = open_classifier(args.model, device=args.device)
     paths = collect_images(args.inputs)
-    records = predict_records(classifier, paths, args.topk, args.batch_size, args.workers)
+    records = predict_records(classifier, paths, args.topk, args.batch_size, args.workers,
+                              args.min_confidence)
     failed = sum("error" in r for r in records)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,7 @@ class TrainSchema(CommonSchema):
     cache_features: bool = MISSING
     cache_views: int = MISSING
     cache_dir: str = MISSING
+    calibrate: bool = MISSING
     model: ModelSchema = field(default_factory=ModelSchema)
     finetune: dict[str, Any] = field(default_factory=dict)  # the strategy (_target_), its options
     augment: dict[str, Any] = field(default_factory=dict)  # _target_ (a policy) and its options
@@ -109,6 +110,7 @@ class TrainSchema(CommonSchema):
 @dataclass
 class EvalSchema(CommonSchema):
     channels_last: Any = MISSING  # auto, true or false (checked by speed.plan.check_options)
+    calibrate: bool = MISSING
     model: EvalModelSchema = field(default_factory=EvalModelSchema)
 
 

@@ -20,7 +20,14 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from foodnet.errors import EXIT_OK, EXIT_SIGNAL_BASE, ConfigError, positive_int, run_cli
+from foodnet.errors import (
+    EXIT_OK,
+    EXIT_SIGNAL_BASE,
+    ConfigError,
+    positive_int,
+    probability,
+    run_cli,
+)
 from foodnet.inference.card import model_card
 from foodnet.inference.predictor import open_classifier
 from foodnet.inference.server import create_app
@@ -50,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="how long the first image of a batch waits for others")
     parser.add_argument("--max-upload-mb", type=non_negative_float, default=20.0,
                         help="largest request body in MiB; larger ones answer 413")
+    parser.add_argument("--min-confidence", type=probability, default=0.0, metavar="P",
+                        help="answers whose top probability is below P say \"unsure\": true "
+                             "(a request's min_confidence field overrides it)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available")
     parser.add_argument("--threads", type=positive_int,
@@ -111,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
                     "authentication", args.host)
     app = create_app(classifier, card, max_batch_size=args.max_batch_size,
                      max_wait=args.max_wait_ms / 1000,
-                     max_upload_bytes=int(args.max_upload_mb * MIB))
+                     max_upload_bytes=int(args.max_upload_mb * MIB),
+                     min_confidence=args.min_confidence)
     config = uvicorn.Config(app, log_level="info", access_log=args.access_log,
                             timeout_graceful_shutdown=10)
     previous = {signum: signal.signal(signum, _stop_on)

@@ -17,7 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from foodnet.config import CONFIG_DIR
 from foodnet.errors import ConfigError, exit_on_user_error, find_user_error, user_message
-from foodnet.reports.metrics import SCORES, TEST_ACC, TEST_PER_CLASS_ACC, VAL_ACC_BEST
+from foodnet.reports.metrics import (
+    SCORES,
+    TEMPERATURE,
+    TEST_ACC,
+    TEST_PER_CLASS_ACC,
+    VAL_ACC_BEST,
+    VAL_ECE,
+    VAL_ECE_RAW,
+)
 from foodnet.schema import TrainSchema, check_config
 
 # torch, Lightning and torchvision are imported where they are used, so that `--help` and a
@@ -62,6 +70,7 @@ def build(cfg: DictConfig, resume: ResumePoint | None = None,
                             scheduler=_instantiate(cfg.scheduler.schedule),
                             scheduler_interval=cfg.scheduler.interval,
                             label_smoothing=cfg.model.label_smoothing,
+                            calibrate=cfg.calibrate,
                             class_weights=_class_weights(cfg.model.class_weights, datamodule,
                                                          cfg.model.num_classes))
     trainer: L.Trainer = _instantiate(cfg.trainer, precision=speed.precision,
@@ -285,6 +294,7 @@ def _train(cfg: DictConfig) -> dict:
         "status": "pruned" if pruned else "completed",
         VAL_ACC_BEST: float(best_score) if best_score is not None else None,
         **test_metrics,
+        **_calibration(module, best_path),
         "epochs": trainer.current_epoch,
         "max_epochs": trainer.max_epochs,
         "run_dir": str(run_dir),
@@ -308,6 +318,22 @@ def _train(cfg: DictConfig) -> dict:
             log.info("MLflow run %s in %s (make mlflow, then open http://127.0.0.1:5000)",
                      logger.run_id, logger.experiment.tracking_uri)
     return metrics
+
+
+def _calibration(module: FoodClassifier, best_path: str) -> dict:
+    """The temperature of the checkpoint that tools load (the best one, else the last state)
+    and its validation ECE before and after; nothing when the run did not calibrate."""
+    from foodnet.models.checkpoint import read_checkpoint
+    from foodnet.training.module import CALIBRATION_KEY
+
+    if module.calibration is None:
+        return {}
+    if not best_path:
+        return {VAL_ECE_RAW: module.calibration.ece_raw, VAL_ECE: module.calibration.ece,
+                TEMPERATURE: module.calibration.temperature}
+    checkpoint = read_checkpoint(best_path)
+    return {**checkpoint.get(CALIBRATION_KEY, {}),
+            TEMPERATURE: checkpoint["hyper_parameters"][TEMPERATURE]}
 
 
 def record_failure(cfg: DictConfig, error: str) -> float:

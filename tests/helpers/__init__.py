@@ -87,7 +87,8 @@ def seed_preprocessing(size: int = 32):
 
 
 def checkpoint_probs(checkpoint: Path, images: list[Path], image_size: int | None = None):
-    """Class probabilities computed by hand: load_model, the eval preset, softmax."""
+    """Class probabilities computed by hand: load_model, the eval preset, softmax of the logits
+    divided by the checkpoint's temperature."""
     import torch
 
     from foodnet.data.images import load_rgb
@@ -96,7 +97,8 @@ def checkpoint_probs(checkpoint: Path, images: list[Path], image_size: int | Non
     net, info = load_model(checkpoint)
     transform = info.preprocessing.override(image_size=image_size).eval_transform()
     with torch.no_grad():
-        return net(torch.stack([transform(load_rgb(p)) for p in images])).softmax(dim=1)
+        logits = net(torch.stack([transform(load_rgb(p)) for p in images]))
+    return (logits / info.temperature).softmax(dim=1)
 
 
 def checkpoint_scores(checkpoint: Path, manifest: Path, first: int | None = None) -> dict:

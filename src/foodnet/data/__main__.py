@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from foodnet.data.check import check_manifest, format_problems
+from foodnet.data.check import check_manifest, find_copies, format_problems
 from foodnet.data.demo import make_demo_dataset
 from foodnet.data.folder import from_folder
 from foodnet.data.manifest import read_classes
@@ -24,19 +24,21 @@ def _check(args: argparse.Namespace) -> int:
                                 f"--num-classes {args.num_classes}; make them agree")
     if args.num_classes is not None and args.num_classes < 1:
         raise ConfigError(f"--num-classes {args.num_classes} must be positive")
-    errors = warnings = 0
     start = time.perf_counter()
-    for manifest in args.manifests:
-        report = check_manifest(manifest, args.num_classes, class_names,
-                                decode=not args.quick, workers=args.workers)
+    reports = [check_manifest(manifest, args.num_classes, class_names, decode=not args.quick,
+                              workers=args.workers) for manifest in args.manifests]
+    # Copies are found across all the manifests given (train vs test: a leak).
+    find_copies(reports, workers=args.workers)
+    for report in reports:
         print(report.summary())
         if report.problems:
             print(format_problems(report.problems, limit=None))
-        errors += len(report.errors)
-        warnings += len(report.warnings)
+    errors = sum(len(r.errors) for r in reports)
+    warnings = sum(len(r.warnings) for r in reports)
+    notes = sum(len(r.notes) for r in reports)
     seconds = time.perf_counter() - start
-    print(f"{errors} error(s), {warnings} warning(s) in {len(args.manifests)} manifest(s) "
-          f"({seconds:.1f}s)")
+    print(f"{errors} error(s), {warnings} warning(s)" + (f", {notes} note(s)" if notes else "")
+          + f" in {len(args.manifests)} manifest(s) ({seconds:.1f}s)")
     return 1 if errors else 0
 
 
@@ -67,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     check = commands.add_parser(
         "check", help="validate manifests and decode every image; exit 1 on any error",
-        description="Print a summary and every problem as MANIFEST:LINE: message (path). "
-                    "Exit 0 when clean or only warnings, 1 on any error.")
+        description="Print a summary and every problem as MANIFEST:LINE: message (path), "
+                    "byte-identical files across all the manifests given included (give train, "
+                    "val and test together to find leaks). Exit 0 when clean or only warnings, "
+                    "1 on any error.")
     check.add_argument("manifests", nargs="+", metavar="MANIFEST")
     check.add_argument("--classes", help="classes.txt: also checks labels < number of classes")
     check.add_argument("--num-classes", type=int, help="labels must be below this")

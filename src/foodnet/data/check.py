@@ -4,11 +4,13 @@ Two depths:
 - quick: parse every line, check every image file exists and is not empty (a stat per file);
 - full: also decode every image exactly as training does (in parallel threads: PIL releases the
   GIL while decoding), and measure its size.
+Across the manifests checked together, find_copies reports byte-identical files.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +44,10 @@ class Report:
     @property
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def notes(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "note"]
 
     def bad_samples(self) -> set[tuple[Path, int]]:
         """(manifest, line) of the samples whose image has an error."""
@@ -142,6 +148,67 @@ def check_manifest(path: str | Path, num_classes: int | None = None,
                                     severity="warning", scope="manifest"))
     problems.sort(key=lambda p: (p.line or 0, p.severity))
     return report
+
+
+def _digest(path: Path) -> bytes:
+    hasher = hashlib.blake2b(digest_size=20)
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.digest()
+
+
+def find_copies(reports: list[Report], workers: int | None = None) -> None:
+    """Byte-identical files among the readable samples of the manifests (a hash per file; only
+    files whose size another shares are read), added to each copy's report: a warning when the
+    copies carry different labels or sit in different manifests (splits: an image in both train
+    and test inflates the test score), a note for a copy under the same label in the same split.
+    Each copy names the first one, both as MANIFEST:LINE."""
+    samples = [s for report in reports for s in report.good_samples()]
+    by_size: dict[int, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_size[sample.path.stat().st_size].append(sample)
+    files = list(dict.fromkeys(s.path for group in by_size.values() if len(group) > 1
+                               for s in group))
+    with ThreadPoolExecutor(max_workers=workers or num_workers()) as pool:  # hashlib frees the GIL
+        digests = dict(zip(files, pool.map(_digest, files), strict=True))
+    copies: dict[bytes, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        if sample.path in digests:
+            copies[digests[sample.path]].append(sample)
+    report_of = {r.manifest: r for r in reports}
+    for group in copies.values():
+        first = group[0]
+        for sample in group[1:]:
+            if sample.source == first.source and sample.path == first.path:
+                continue  # one file listed twice in one manifest: scan_manifest says so already
+            problem = _copy_problem(first, sample, report_of[sample.source].class_names)
+            report_of[sample.source].problems.append(problem)
+    for report in reports:
+        report.problems.sort(key=lambda p: (p.line or 0, p.severity))
+
+
+def _copy_problem(first: Sample, copy: Sample, class_names: list[str] | None) -> Problem:
+    def label(value: int) -> str:
+        named = class_names is not None and value < len(class_names)
+        return f"{value} ({class_names[value]})" if named else str(value)
+
+    same = "the same file as" if copy.path == first.path else "byte-identical to"
+    where = f"{same} {first.where} ({first.path})"
+    split = first.source != copy.source
+    if first.label != copy.label:
+        leak = " in another split (a leak), and" if split else ","
+        return Problem(copy.source, copy.line,
+                       f"{where}{leak} labelled {label(first.label)} there but "
+                       f"{label(copy.label)} here: one label is wrong; fix it, and keep one "
+                       "copy", copy.path, severity="warning")
+    if split:
+        return Problem(copy.source, copy.line,
+                       f"{where} in another split: a leak between splits (the model is scored "
+                       "on an image it trained on); keep it in one manifest", copy.path,
+                       severity="warning")
+    return Problem(copy.source, copy.line, f"{where}: the image counts twice in this split",
+                   copy.path, severity="note")
 
 
 def format_problems(problems: list[Problem], limit: int | None = MAX_REPORTED) -> str:

@@ -33,12 +33,12 @@ class Problem:
     line: int | None
     message: str
     path: Path | str | None = None
-    severity: str = "error"  # or "warning"
+    severity: str = "error"  # or "warning", or "note" (worth knowing, harmless to training)
     scope: str = "line"
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line is not None else f"{self.source}"
-        message = f"warning: {self.message}" if self.severity == "warning" else self.message
+        message = self.message if self.severity == "error" else f"{self.severity}: {self.message}"
         return f"{where}: {message}" + (f" ({self.path})" if self.path is not None else "")
 
 

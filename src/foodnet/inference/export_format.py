@@ -4,14 +4,15 @@ and its input/output names (written by foodnet.export, read by every backend).""
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from foodnet.errors import ModelFileError
 from foodnet.models.checkpoint import ModelInfo
 
 EXPORT_FORMATS = ("onnx", "pt2")
-INFO_KEYS = tuple(f.name for f in fields(ModelInfo))  # what an export sidecar must record
+# What an export sidecar must record: ModelInfo's fields without a default (temperature: 1.0).
+INFO_KEYS = tuple(f.name for f in fields(ModelInfo) if f.default is MISSING)
 
 
 def sidecar_path(model: str | Path) -> Path:

@@ -41,7 +41,8 @@ class Classifier(ABC):
 
 
 class TorchClassifier(Classifier):
-    """A checkpoint's network (logits, softmax applied here) or a torch.export program (probs)."""
+    """A checkpoint's network (logits: softmax(logits / its temperature) applied here) or a
+    torch.export program (probabilities, the temperature already in the graph)."""
 
     def __init__(self, module: nn.Module, info: ModelInfo, source: Path, outputs_probs: bool,
                  device: torch.device, channels_last: bool = False):
@@ -60,11 +61,11 @@ class TorchClassifier(Classifier):
         batch = batch.to(self.device, non_blocking=True)
         batch = batch.contiguous(memory_format=self.memory_format)
         out = self.module(batch).float()
-        return (out if self.outputs_probs else out.softmax(dim=1)).cpu()
+        return (out if self.outputs_probs else (out / self.info.temperature).softmax(dim=1)).cpu()
 
 
 class OnnxClassifier(Classifier):
-    """An ONNX export run by onnxruntime; the graph ends in softmax."""
+    """An ONNX export run by onnxruntime; the graph ends in softmax(logits / temperature)."""
 
     def __init__(self, path: Path, meta: dict, device: torch.device):
         super().__init__(info_from_sidecar(meta, sidecar_path(path)), path)
@@ -173,10 +174,11 @@ def predict_images(classifier: Classifier, paths: Sequence[Path], batch_size: in
 
 
 def prediction_record(prediction: Prediction, class_names: Sequence[str], topk: int,
-                      name: str | None = None) -> dict:
+                      name: str | None = None, min_confidence: float = 0.0) -> dict:
     """The JSON record of one image, as predict and serve write it: {"path", "predictions":
-    [{"label", "class", "prob"}] most probable first, top `topk` (capped at the class count)},
-    plus "error" (and no predictions) for an unreadable image. `name` replaces the path."""
+    [{"label", "class", "prob"}] most probable first, top `topk` (capped at the class count),
+    "unsure": whether the top probability is below `min_confidence`}, or "error" (and no
+    predictions) for an unreadable image. `name` replaces the path."""
     record: dict = {"path": name if name is not None else str(prediction.path),
                     "predictions": []}
     if prediction.error is not None:
@@ -185,4 +187,6 @@ def prediction_record(prediction: Prediction, class_names: Sequence[str], topk: 
     probs, labels = prediction.probs.topk(min(topk, len(class_names)))
     record["predictions"] = [{"label": label, "class": class_names[label], "prob": prob}
                              for prob, label in zip(probs.tolist(), labels.tolist(), strict=True)]
+    # The top-k stay: an unsure answer still shows what the model leans to.
+    record["unsure"] = record["predictions"][0]["prob"] < min_confidence
     return record

@@ -4,8 +4,9 @@ FastAPI parses requests (multipart via python-multipart) and uvicorn serves them
 concurrent requests run through the model together (foodnet.inference.batching). A client's
 mistake never reaches the model: each one answers a 4xx with a JSON body {"error": "..."}.
 
-    POST /predict   multipart: one or more `file` fields, optional `topk` (default 5); returns
-                    the records of `foodnet predict --format json`, path = the uploaded name
+    POST /predict   multipart: one or more `file` fields, optional `topk` (default 5) and
+                    `min_confidence` (default: the server's --min-confidence); returns the
+                    records of `foodnet predict --format json`, path = the uploaded name
     GET  /health    200 {"status": "ok"} once the model is loaded
     GET  /info      the model card (foodnet.inference.card)
 """
@@ -103,13 +104,15 @@ def _validation_message(err: RequestValidationError) -> str:
         if "UploadFile" in message:  # pydantic's words for a text field where a file belongs
             message = "expected a file upload, got a text value"
         problems.append(f"{field or 'request'}: {message}")
-    hint = " (POST multipart/form-data: one or more `file` fields, optional integer `topk` >= 1)"
+    hint = (" (POST multipart/form-data: one or more `file` fields, optional integer `topk` >= 1"
+            " and `min_confidence` in [0, 1])")
     return "; ".join(problems) + hint
 
 
 def create_app(classifier: Classifier, card: dict, max_batch_size: int, max_wait: float,
-               max_upload_bytes: int) -> FastAPI:
-    """The app, its batcher started and stopped with the app's lifespan."""
+               max_upload_bytes: int, min_confidence: float = 0.0) -> FastAPI:
+    """The app, its batcher started and stopped with the app's lifespan. Answers are "unsure"
+    below `min_confidence` unless a request sets its own."""
     batcher = Batcher(classifier.probabilities, max_batch_size=max_batch_size, max_wait=max_wait)
     class_names = classifier.info.class_names
 
@@ -127,6 +130,7 @@ def create_app(classifier: Classifier, card: dict, max_batch_size: int, max_wait
         description=f"Image classifier `{card.get('name')}` ({card.get('arch')}, "
                     f"{card.get('num_classes')} classes). The page is at /.")
     app.state.batcher = batcher
+    app.state.min_confidence = min_confidence
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -171,7 +175,11 @@ def create_app(classifier: Classifier, card: dict, max_batch_size: int, max_wait
                          422: {"description": "no uploaded file is a readable image"}})
     async def predict(file: Annotated[list[UploadFile], File(description="images (repeat)")],
                       topk: Annotated[int, Form(ge=1, description="classes per image")]
-                      = DEFAULT_TOPK) -> list[dict]:
+                      = DEFAULT_TOPK,
+                      min_confidence: Annotated[float | None, Form(
+                          ge=0, le=1, description="below this top probability the answer is "
+                                                  "unsure (the top-k still given)")] = None,
+                      ) -> list[dict]:
         names = [upload.filename or f"file{index}" for index, upload in enumerate(file)]
         uploads = [(name, await upload.read()) for name, upload in zip(names, file, strict=True)]
         # Decoding runs in a worker thread, next to the batcher's forward passes.
@@ -179,7 +187,8 @@ def create_app(classifier: Classifier, card: dict, max_batch_size: int, max_wait
         rows = iter(await batcher.predict([tensor for tensor, _ in loaded if tensor is not None]))
         predictions = [Prediction(Path(name), None if tensor is None else next(rows), error)
                        for name, (tensor, error) in zip(names, loaded, strict=True)]
-        records = [prediction_record(p, class_names, topk, name=name)
+        threshold = min_confidence if min_confidence is not None else app.state.min_confidence
+        records = [prediction_record(p, class_names, topk, name=name, min_confidence=threshold)
                    for p, name in zip(predictions, names, strict=True)]
         errors = [record["error"] for record in records if "error" in record]
         if len(errors) == len(records):

@@ -22,18 +22,29 @@ class ModelInfo:
     num_classes: int
     class_names: list[str]
     preprocessing: Preprocessing
+    # Probabilities are softmax(logits / temperature) (reports/calibration.py, fitted by
+    # training); a record without one was not calibrated: 1.0.
+    temperature: float = 1.0
 
     def to_dict(self) -> dict:
         """Plain values, for the export sidecar."""
         return {"arch": self.arch, "num_classes": self.num_classes,
                 "class_names": list(self.class_names),
-                "preprocessing": self.preprocessing.to_dict()}
+                "preprocessing": self.preprocessing.to_dict(), "temperature": self.temperature}
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelInfo:
         return cls(arch=values["arch"], num_classes=int(values["num_classes"]),
                    class_names=list(values["class_names"]),
-                   preprocessing=Preprocessing.from_dict(values["preprocessing"]))
+                   preprocessing=Preprocessing.from_dict(values["preprocessing"]),
+                   temperature=_temperature(values))
+
+
+def _temperature(values: dict) -> float:
+    temperature = float(values.get("temperature", 1.0))
+    if not temperature > 0:  # also NaN
+        raise ValueError(f"temperature {temperature} is not positive")
+    return temperature
 
 
 def saved_preprocessing(hparams: dict, source: str | Path) -> Preprocessing:
@@ -77,8 +88,13 @@ def model_info(checkpoint: dict, source: str | Path = "the checkpoint") -> Model
     hp = checkpoint["hyper_parameters"]
     num_classes = int(hp["num_classes"])
     names = hp.get("class_names") or [str(i) for i in range(num_classes)]
+    try:
+        temperature = _temperature(hp)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: {err}; set a positive one, or drop it (1.0: "
+                              "uncalibrated)") from None
     return ModelInfo(arch=hp["arch"], num_classes=num_classes, class_names=list(names),
-                     preprocessing=saved_preprocessing(hp, source))
+                     preprocessing=saved_preprocessing(hp, source), temperature=temperature)
 
 
 def load_model(path: str | Path) -> tuple[TransferNet, ModelInfo]:

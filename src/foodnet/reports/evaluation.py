@@ -1,6 +1,6 @@
-"""Evaluate a network over a labelled dataset: every sample's probabilities, in manifest order
-(also under DDP), for the report, the confusion matrix and the list of mistakes (costliest
-first)."""
+"""Evaluate a network over a labelled dataset: every sample's logits, in manifest order (also
+under DDP), for the report, the calibration, the confusion matrix and the list of mistakes
+(costliest first)."""
 
 from __future__ import annotations
 
@@ -31,32 +31,32 @@ class IndexedDataset(Dataset):
 
 
 class Evaluator(L.LightningModule):
-    """Runs the network over the test loader and keeps every sample's probabilities and label."""
+    """Runs the network over the test loader and keeps every sample's logits and label."""
 
     def __init__(self, net: TransferNet):
         super().__init__()
         self.net = net
         self._batches: list[tuple[torch.Tensor, ...]] = []
-        self.probs: torch.Tensor | None = None   # (N, C) in manifest order, after the test run
+        self.logits: torch.Tensor | None = None  # (N, C) in manifest order, after the test run
         self.labels: torch.Tensor | None = None  # (N,)
 
     def test_step(self, batch, batch_idx):
         x, y, index = batch
-        self._batches.append((index, y, self.net(x).softmax(dim=1)))
+        self._batches.append((index, y, self.net(x).float()))
 
     def on_test_epoch_end(self):
-        index, labels, probs = (torch.cat(parts) for parts in zip(*self._batches, strict=True))
+        index, labels, logits = (torch.cat(parts) for parts in zip(*self._batches, strict=True))
         self._batches.clear()
         if self.trainer.world_size > 1:
             # Each rank saw a strided share, padded to equal length with repeated samples:
             # gather all shares, then writing by index drops the repeats.
-            index, labels, probs = (self.all_gather(t).flatten(0, 1)
-                                    for t in (index, labels, probs))
+            index, labels, logits = (self.all_gather(t).flatten(0, 1)
+                                     for t in (index, labels, logits))
         count = int(index.max()) + 1
-        self.probs = probs.new_empty(count, probs.shape[1])
+        self.logits = logits.new_empty(count, logits.shape[1])
         self.labels = labels.new_empty(count)
-        self.probs[index], self.labels[index] = probs, labels
-        self.probs, self.labels = self.probs.cpu(), self.labels.cpu()
+        self.logits[index], self.labels[index] = logits, labels
+        self.logits, self.labels = self.logits.cpu(), self.labels.cpu()
 
 
 def write_misclassified(path: Path, samples: list[Sample], probs: torch.Tensor,

@@ -29,6 +29,13 @@ TEST_ACC = "test/acc"
 TEST_ACC_TOP5 = "test/acc_top5"
 TEST_F1_MACRO = "test/f1_macro"
 TEST_PER_CLASS_ACC = "test/per_class_acc"
+# Expected calibration error (reports/calibration.py) of softmax(logits), and after the fitted
+# temperature: softmax(logits / T), what predict, serve and exports answer.
+VAL_ECE_RAW = "val/ece_raw"
+VAL_ECE = "val/ece"
+TEST_ECE_RAW = "test/ece_raw"
+TEST_ECE = "test/ece"
+TEMPERATURE = "temperature"  # the fitted T, in metrics.json, report.json and the checkpoint
 
 # The scores of a split that classification_metrics computes: accuracy, top-k accuracy, macro F1.
 SCORES = {"val": (VAL_ACC, VAL_ACC_TOP5, VAL_F1_MACRO),

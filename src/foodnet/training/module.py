@@ -18,12 +18,16 @@ from foodnet.data.augment import Augmentation
 from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError
 from foodnet.models.transfer import TransferNet
+from foodnet.reports.calibration import Calibration, calibrate
 from foodnet.reports.metrics import (
+    TEMPERATURE,
     TEST_LOSS,
     TRAIN_ACC,
     TRAIN_LOSS,
     VAL_ACC,
     VAL_ACC_BEST,
+    VAL_ECE,
+    VAL_ECE_RAW,
     VAL_LOSS,
     classification_metrics,
     per_class_accuracy,
@@ -50,6 +54,7 @@ def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[floa
 
 
 SPEED_KEY = "speed"  # the checkpoint's record of the run's precision and memory layout
+CALIBRATION_KEY = "calibration"  # the checkpoint's ECE before/after its temperature, on val
 
 
 class FoodClassifier(L.LightningModule):
@@ -60,7 +65,8 @@ class FoodClassifier(L.LightningModule):
                  augment: Augmentation | None = None,
                  scheduler: SchedulerFactory | None = None, scheduler_interval: str = "epoch",
                  label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None,
-                 speed: SpeedPlan | None = None, finetune: FinetuneStrategy | None = None):
+                 speed: SpeedPlan | None = None, finetune: FinetuneStrategy | None = None,
+                 calibrate: bool = False):
         super().__init__()
         self.net = net
         # How this run computes (speed.plan); the Trainer applies its precision.
@@ -92,8 +98,15 @@ class FoodClassifier(L.LightningModule):
             "arch": net.arch, "num_classes": net.num_classes, "class_names": self.class_names,
             "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
             "augment": augment.to_dict() if augment is not None else None,
-            "finetune": self.finetune.to_dict()},
+            "finetune": self.finetune.to_dict(),
+            # Divides the logits before softmax (reports/calibration.py); 1.0: not calibrated.
+            TEMPERATURE: 1.0},
             logger=False)
+        # Fit the temperature on every validation epoch's logits, so that each checkpoint
+        # carries the one that fits its own weights.
+        self.calibrate = calibrate
+        self._val_logits: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.calibration: Calibration | None = None  # the last validation epoch's fit
         num_classes = net.num_classes
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
@@ -168,17 +181,37 @@ class FoodClassifier(L.LightningModule):
         self.val_loss(loss, weight=y.numel())
         self.log(VAL_LOSS, self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self._log_scores(self.val_metrics, logits, y, prog_bar=VAL_ACC)
+        if self.calibrate:
+            self._val_logits.append((logits.detach().float(), y))
         # For callbacks (the confusion-matrix dashboard) so they need no second forward pass.
         return {"logits": logits.detach(), "target": y}
 
+    def on_validation_epoch_start(self):
+        self._val_logits.clear()
+
     def on_validation_epoch_end(self):
-        # The sanity check must not count towards val/acc_best.
+        # The sanity check must not count towards val/acc_best, nor fit a temperature.
         if self.trainer.sanity_checking:
             return
         self.val_acc_best(self.val_metrics[VAL_ACC].compute())
         # A tensor, not the metric (logging the metric would reset the best at each epoch's end):
         # every process holds the same value, so syncing it is a no-op that Lightning asks for.
         self.log(VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+        if self._val_logits:
+            self._fit_temperature()
+
+    def _fit_temperature(self) -> None:
+        """Temperature scaling on this epoch's validation logits (all ranks': each then fits
+        the same T), logged as ECE before and after."""
+        logits, labels = (torch.cat(parts) for parts in zip(*self._val_logits, strict=True))
+        self._val_logits.clear()
+        if self.trainer.world_size > 1:
+            logits, labels = (self.all_gather(t).flatten(0, 1) for t in (logits, labels))
+        self.calibration = calibrate(logits, labels)
+        self.hparams[TEMPERATURE] = self.calibration.temperature
+        # Every process fitted on the same gathered logits: syncing is a no-op Lightning asks for.
+        self.log(VAL_ECE_RAW, self.calibration.ece_raw, sync_dist=True)
+        self.log(VAL_ECE, self.calibration.ece, sync_dist=True)
 
     def test_step(self, batch, batch_idx):
         loss, logits, y = self._shared_step(batch)
@@ -206,6 +239,9 @@ class FoodClassifier(L.LightningModule):
         # back), whatever `auto` would measure now: the same numerics as an uninterrupted run.
         checkpoint[SPEED_KEY] = {"precision": str(self.trainer.precision),
                                  "channels_last": self.speed.channels_last}
+        if self.calibration is not None:
+            checkpoint[CALIBRATION_KEY] = {VAL_ECE_RAW: self.calibration.ece_raw,
+                                           VAL_ECE: self.calibration.ece}
 
     def configure_optimizers(self):
         trainable = [p for p in self.parameters() if p.requires_grad]

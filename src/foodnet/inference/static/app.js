@@ -79,7 +79,9 @@ function showPredictions(record) {
     return li;
   }));
   const top = record.predictions[0];
-  setStatus(`${record.path}: most likely ${top.class} (${percent(top.prob)})`);
+  // Below the server's --min-confidence the model's answer is "unsure"; its guesses still show.
+  const answer = record.unsure ? "unsure, perhaps" : "most likely";
+  setStatus(`${record.path}: ${answer} ${top.class} (${percent(top.prob)})`);
   $("result").dataset.state = "done";
 }
 

@@ -17,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from foodnet.config import CONFIG_DIR
 from foodnet.errors import ConfigError, exit_on_user_error, find_user_error, user_message
+from foodnet.hydra_entry import run
 from foodnet.reports.metrics import SCORES, TEST_ACC, TEST_PER_CLASS_ACC, VAL_ACC_BEST
+from foodnet.run_folder import discard_unused_run_folder
 from foodnet.schema import TrainSchema, check_config
 
 # torch, Lightning and torchvision are imported where they are used, so that `--help` and a
@@ -368,11 +370,11 @@ def main(cfg: DictConfig) -> float | None:
             return record_failure(cfg, user_message(user_error) if user_error is not None
                                   else f"{type(err).__name__}: {err}")
     else:
-        with exit_on_user_error():
+        with exit_on_user_error(cleanup=discard_unused_run_folder):
             metrics = _run(cfg)
     # Returned to Hydra so that sweepers can optimise it.
     return metrics[VAL_ACC_BEST]
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

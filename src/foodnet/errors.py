@@ -134,8 +134,14 @@ def run_cli(body: Callable[[], int]) -> int:
 
 
 def did_you_mean(word: str, choices) -> str:
-    """"; did you mean X?" with the choice closest to a mistyped word, or "" when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    """"; did you mean X?" with the choice closest to a mistyped word, or "" when none is close.
+    A dotted key whose last part is right but misplaced (`model.lr`) finds the key that ends so
+    (`model.optimizer.lr`)."""
+    choices = list(choices)
+    leaf = word.rpartition(".")[2]
+    same_leaf = [c for c in choices if c.rpartition(".")[2] == leaf and c != word]
+    close = (difflib.get_close_matches(word, same_leaf, n=1, cutoff=0)
+             or difflib.get_close_matches(word, choices, n=1, cutoff=0.6))
     return f"; did you mean {close[0]}?" if close else ""
 
 

@@ -86,3 +86,9 @@ def discard_unused_run_folder() -> None:
     if subdir.is_dir() and {p.name for p in subdir.iterdir()} - config_files:
         return
     shutil.rmtree(run_dir)
+    # And the folders Hydra made for it (outputs/train/) once empty, up to the working directory.
+    cwd = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:
+        if parent == cwd or not parent.is_relative_to(cwd) or any(parent.iterdir()):
+            break
+        parent.rmdir()

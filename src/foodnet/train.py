@@ -16,7 +16,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from foodnet.config import CONFIG_DIR
-from foodnet.errors import ConfigError, exit_on_user_error, find_user_error, user_message
+from foodnet.errors import (
+    ConfigError,
+    did_you_mean,
+    exit_on_user_error,
+    find_user_error,
+    user_message,
+)
 from foodnet.hydra_entry import run
 from foodnet.reports.metrics import SCORES, TEST_ACC, TEST_PER_CLASS_ACC, VAL_ACC_BEST
 from foodnet.run_folder import discard_unused_run_folder
@@ -216,8 +222,10 @@ def check_trainer_keys(trainer_cfg) -> None:
     known |= set(inspect.signature(create_trainer).parameters) | {"_target_"}
     unknown = sorted(set(trainer_cfg) - known)
     if unknown:
-        raise ConfigError(f"trainer.{unknown[0]}: no such setting of Lightning's Trainer; check "
-                          "the spelling (python -m foodnet.train --cfg job lists every key)")
+        raise ConfigError(f"trainer.{unknown[0]}: no such setting of Lightning's Trainer"
+                          f"{did_you_mean(f'trainer.{unknown[0]}', [f'trainer.{k}' for k in sorted(known)])}"
+                          f" (foodnet train --cfg job "
+                          "lists every key)")
 
 
 def warn_random_frozen_backbone(weights: str | None, strategy: FinetuneStrategy) -> None:

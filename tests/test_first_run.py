@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import subprocess_env
 
 from foodnet.data.demo import make_demo_dataset

@@ -222,10 +222,10 @@ def check_trainer_keys(trainer_cfg) -> None:
     known |= set(inspect.signature(create_trainer).parameters) | {"_target_"}
     unknown = sorted(set(trainer_cfg) - known)
     if unknown:
-        raise ConfigError(f"trainer.{unknown[0]}: no such setting of Lightning's Trainer"
-                          f"{did_you_mean(f'trainer.{unknown[0]}', [f'trainer.{k}' for k in sorted(known)])}"
-                          f" (foodnet train --cfg job "
-                          "lists every key)")
+        key = f"trainer.{unknown[0]}"
+        hint = did_you_mean(key, [f"trainer.{name}" for name in sorted(known)])
+        raise ConfigError(f"{key}: no such setting of Lightning's Trainer{hint} (foodnet train "
+                          "--cfg job lists every key)")
 
 
 def warn_random_frozen_backbone(weights: str | None, strategy: FinetuneStrategy) -> None:
@@ -337,7 +337,7 @@ def resume_command(run_dir: Path) -> str:
     if HydraConfig.initialized():
         dropped = ("ckpt_path=", "hydra.run.dir=", "overwrite=")
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(dropped)]
-    words = ["python", "-m", "foodnet.train", *overrides, f"hydra.run.dir={run_dir}",
+    words = ["foodnet", "train", *overrides, f"hydra.run.dir={run_dir}",
              "ckpt_path=last"]
     return " ".join(shlex.quote(str(w)) for w in words)
 

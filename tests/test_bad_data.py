@@ -251,7 +251,7 @@ def test_setup_reports_every_problem_at_once_capped(tmp_path):
         dm.setup("fit")
     text = str(err.value).splitlines()
     assert text[0].startswith("27 problems in the data")
-    assert "python -m foodnet.data check" in text[0]
+    assert "foodnet data check" in text[0]
     assert text[1] == f"{tmp_path / 'train.txt'}:1: file not found ({tmp_path / 'missing0.jpg'})"
     assert len(text) == 1 + 20 + 1 and text[-1] == "... and 7 more"
 

@@ -60,3 +60,29 @@ def test_unknown_and_missing_commands_say_so(monkeypatch, capsys):
     assert cli.main(["serve", "--port", "8000"]) == 2
     assert "the 'serve' command is not part of this foodnet" in capsys.readouterr().err
     assert cli.main([]) == 2 and "usage: foodnet COMMAND" in capsys.readouterr().out
+
+
+def test_train_help_lists_groups_and_common_overrides_not_the_config(tmp_path):
+    result = run(FOODNET, "train", "model=efficientnet_lite0", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith("usage: foodnet train ")
+    assert "model: efficientnet_lite0, resnet152\n" in text  # a group with its options
+    assert "finetune: freeze, full, gradual\n" in text
+    # A common override with its line and the value this command would use.
+    assert "trainer.max_epochs=N         epochs (now 20)" in text
+    assert "(now efficientnet_lite0)" in text  # the override given before --help counts
+    assert "--cfg job" in text
+    assert "_target_" not in text and len(text.splitlines()) < 50  # no 146-line config dump
+    evaluate = run(FOODNET, "evaluate", "--help", cwd=tmp_path)
+    assert evaluate.stdout.startswith("usage: foodnet evaluate ckpt_path=CKPT")
+
+
+def test_data_help_names_the_foodnet_command_and_the_split_defaults(tmp_path):
+    data = run(FOODNET, "data", "--help", cwd=tmp_path)
+    assert data.returncode == 0 and data.stdout.startswith("usage: foodnet data ")
+    folder = run(FOODNET, "data", "from-folder", "--help", cwd=tmp_path)
+    assert folder.stdout.startswith("usage: foodnet data from-folder ")
+    text = " ".join(folder.stdout.split())
+    assert "--val-fraction VAL_FRACTION share of each class for val.txt (default: 0.1)" in text
+    assert "--test-fraction TEST_FRACTION share of each class for test.txt (default: 0.1)" in text

@@ -54,3 +54,42 @@ def test_cli_reports_a_resume_mistake_as_an_error_line(tiny_data, tmp_path):
     assert (f"error: {run_dir}/checkpoints/last.ckpt: ckpt_path=last found no checkpoint"
             in result.stderr)
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    (["foodnet.train", "trainer.max_epoch=3"],
+     "error: trainer.max_epoch: no such setting; did you mean trainer.max_epochs?"),
+    (["foodnet.train", "max_epochs=3"],
+     "error: max_epochs: no such setting; did you mean trainer.max_epochs?"),
+    (["foodnet.train", "+trainer.max_epoch=3"],  # what Hydra's own message advised
+     "error: trainer.max_epoch: no such setting of Lightning's Trainer; did you mean "
+     "trainer.max_epochs?"),
+    (["foodnet.train", "+model.lr=0.5"],
+     "error: model.lr: no such setting, nothing would read it; did you mean model.optimizer.lr?"),
+    (["foodnet.train", "model=resnet999"],
+     "error: model=resnet999: no such choice of the model group (the choices: "
+     "efficientnet_lite0, resnet152); did you mean model=resnet152?"),
+    (["foodnet.train", "-m", "trainer.max_epoch=1,2"],  # a sweep
+     "error: trainer.max_epoch: no such setting; did you mean trainer.max_epochs?"),
+    (["foodnet.evaluate", "data.bach_size=8"],
+     "error: data.bach_size: no such setting; did you mean data.batch_size?"),
+    (["foodnet.evaluate", "trainer.accelerator=[cpu"],  # not even an override
+     "error: "),
+])
+def test_config_typos_exit_2_with_the_closest_name(tmp_path, command, message):
+    result = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
+    assert not (tmp_path / "outputs").exists()  # no run folder either
+
+
+def test_the_right_spelling_is_accepted(tmp_path):
+    """The control for the typo test above: the same overrides spelt right compose."""
+    result = subprocess.run([sys.executable, "-m", "foodnet.train", "--cfg", "job",
+                             "trainer.max_epochs=3", "model=resnet152", "+model.optimizer.foo=1"],
+                            cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "max_epochs: 3" in result.stdout

@@ -38,6 +38,29 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def children_import_this_foodnet() -> None:
+    """Make the processes a command starts as `python -m foodnet...` (DDP's other ranks, the
+    submitit launchers' jobs) import this foodnet, also from a folder that holds a `foodnet/`
+    folder (the clone itself, named foodnet).
+
+    `python -m` puts the working directory first on sys.path, and a `foodnet/` folder there
+    (without __init__.py) is a namespace package that wins over an editable install, whose
+    finder Python asks only after every sys.path folder: "No module named foodnet.data...". A
+    regular package in any sys.path folder wins over a namespace one, so the folder that holds
+    this foodnet goes on PYTHONPATH when it is not on sys.path already (editable installs only:
+    a regular install's site-packages is always there).
+    """
+    import os
+
+    import foodnet
+
+    home = os.path.dirname(os.path.dirname(os.path.abspath(foodnet.__file__)))
+    if any(os.path.abspath(entry or os.curdir) == home for entry in sys.path):
+        return
+    paths = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [home, paths]))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -52,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     module = COMMANDS[name][0]
+    children_import_this_foodnet()
     if importlib.util.find_spec(module) is None:
         print(f"foodnet: the {name!r} command is not part of this foodnet {_version()} "
               f"({module} is not installed)", file=sys.stderr)

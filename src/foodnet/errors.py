@@ -13,6 +13,7 @@ Exit codes, the same for every command (docs/errors.md):
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -106,9 +107,10 @@ def find_user_error(err: BaseException) -> FoodnetError | None:
 
 
 @contextmanager
-def exit_on_user_error() -> Iterator[None]:
-    """The handler of every entry point: a FoodnetError becomes `error: ...` and its exit code;
-    anything else propagates with its traceback."""
+def exit_on_user_error(cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """The handler of every entry point: a FoodnetError becomes `error: ...` and its exit code,
+    after `cleanup` (what the command started must not outlive the mistake); anything else
+    propagates with its traceback."""
     try:
         yield
     except Exception as err:
@@ -116,6 +118,8 @@ def exit_on_user_error() -> Iterator[None]:
         if user_error is None:
             raise
         log.error("error: %s", user_message(user_error))
+        if cleanup is not None:
+            cleanup()
         raise SystemExit(user_error.exit_code) from None
 
 
@@ -135,6 +139,18 @@ def probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
     return value
+
+
+def did_you_mean(word: str, choices) -> str:
+    """"; did you mean X?" with the choice closest to a mistyped word, or "" when none is close.
+    A dotted key whose last part is right but misplaced (`model.lr`) finds the key that ends so
+    (`model.optimizer.lr`)."""
+    choices = list(choices)
+    leaf = word.rpartition(".")[2]
+    same_leaf = [c for c in choices if c.rpartition(".")[2] == leaf and c != word]
+    close = (difflib.get_close_matches(word, same_leaf, n=1, cutoff=0)
+             or difflib.get_close_matches(word, choices, n=1, cutoff=0.6))
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def positive_int(text: str) -> int:

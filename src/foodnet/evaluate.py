@@ -16,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from foodnet.config import CONFIG_DIR
 from foodnet.errors import ConfigError, ManifestError, exit_on_user_error
+from foodnet.hydra_entry import run
 from foodnet.reports.metrics import SCORES, TEMPERATURE, TEST_ACC, TEST_ECE, TEST_ECE_RAW
+from foodnet.run_folder import discard_unused_run_folder
 from foodnet.schema import EvalSchema, check_config
 
 # torch, Lightning and torchvision are imported in evaluate(), so that `--help` and a config
@@ -162,10 +164,10 @@ def _save_calibrated(checkpoint: str, temperature: float, out: Path) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> float:
-    with exit_on_user_error():
+    with exit_on_user_error(cleanup=discard_unused_run_folder):
         report = evaluate(cfg)
     return report[TEST_ACC]
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -151,7 +151,7 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m foodnet.export",
+    parser = argparse.ArgumentParser(prog="foodnet export",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a foodnet .ckpt")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")

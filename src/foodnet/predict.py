@@ -41,7 +41,7 @@ def workers_option(text: str) -> int | str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m foodnet.predict", description=__doc__.split("\n\n")[0],
+        prog="foodnet predict", description=__doc__.split("\n\n")[0],
         epilog="exit status: 0 all predicted, 1 some image undecodable, 2 bad model/input/output/"
                "usage (docs/errors.md)")
     parser.add_argument("model", type=Path, help="a .ckpt checkpoint or an exported model")

@@ -60,3 +60,35 @@ class RunFolderGuard(Callback):
                          f"({', '.join(p.name for p in found)}): {fix}set overwrite=true to "
                          "replace it, or choose another hydra.run.dir\n")
         raise SystemExit(EXIT_USAGE)
+
+
+def discard_unused_run_folder() -> None:
+    """A single run stopped by a user's mistake (exit 2: nothing was written) leaves no run folder
+    behind when the folder holds only what Hydra wrote at the start (.hydra/ and the log); a
+    folder with anything else, a resumed run's checkpoints for one, stays."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or os.environ.get("LOCAL_RANK", "0") != "0" \
+            or os.environ.get("NODE_RANK", "0") != "0":
+        return
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.RUN or not hydra.runtime.output_dir:
+        return
+    run_dir = Path(hydra.runtime.output_dir)
+    started = {f"{hydra.job.name}.log"}
+    if hydra.output_subdir is not None:
+        started.add(str(hydra.output_subdir))
+    config_files = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - started:
+        return
+    subdir = run_dir / str(hydra.output_subdir)
+    if subdir.is_dir() and {p.name for p in subdir.iterdir()} - config_files:
+        return
+    shutil.rmtree(run_dir)
+    # And the folders Hydra made for it (outputs/train/) once empty, up to the working directory.
+    cwd = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:
+        if parent == cwd or not parent.is_relative_to(cwd) or any(parent.iterdir()):
+            break
+        parent.rmdir()

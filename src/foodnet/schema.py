@@ -14,7 +14,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from foodnet.errors import ConfigError
+from foodnet.errors import ConfigError, did_you_mean
 
 # `check_config` merges a composed config into it, so that a wrong type or a key
 # nothing reads (a typo, `+model.lr=0.5`) fails naming the key before anything is built. The
@@ -136,9 +136,9 @@ def check_config(cfg: DictConfig, schema: type) -> DictConfig:
         OmegaConf.to_container(typed, throw_on_missing=True)
     except ConfigKeyError as err:
         key = err.full_key or err.key
-        raise ConfigError(f"{key}: no such setting, nothing would read it; check the spelling "
-                          f"(python -m foodnet.{_command(schema)} --cfg job lists every key)"
-                          ) from None
+        known = [k for k in _dotted_keys(plain) if k != key and not k.startswith(f"{key}.")]
+        raise ConfigError(f"{key}: no such setting, nothing would read it{did_you_mean(key, known)}"
+                          f" (foodnet {_command(schema)} --cfg job lists every key)") from None
     except MissingMandatoryValue as err:
         raise ConfigError(f"{err.full_key}: missing, set it") from None
     except ValidationError as err:
@@ -158,6 +158,15 @@ def check_config(cfg: DictConfig, schema: type) -> DictConfig:
     result = OmegaConf.create(OmegaConf.to_container(typed))
     OmegaConf.set_struct(result, True)
     return result
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in tree.items():
+        keys.append(f"{prefix}{name}")
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{prefix}{name}.")
+    return keys
 
 
 def _command(schema: type) -> str:

@@ -45,7 +45,7 @@ def non_negative_float(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m foodnet.serve",
+    parser = argparse.ArgumentParser(prog="foodnet serve",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="a .ckpt checkpoint or an exported model")
     parser.add_argument("--host", default="127.0.0.1",

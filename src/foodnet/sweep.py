@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     from foodnet.errors import EXIT_OK, EXIT_PARTIAL, InputError, run_cli
 
     parser = argparse.ArgumentParser(
-        prog="python -m foodnet.sweep",
+        prog="foodnet sweep",
         description="Write summary.csv and summary.md of a Hydra multirun folder and print the "
                     "best job.",
         epilog="exit status: 0 every job completed, 1 some job failed or is unfinished, "

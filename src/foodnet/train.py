@@ -16,7 +16,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from foodnet.config import CONFIG_DIR
-from foodnet.errors import ConfigError, exit_on_user_error, find_user_error, user_message
+from foodnet.errors import (
+    ConfigError,
+    did_you_mean,
+    exit_on_user_error,
+    find_user_error,
+    user_message,
+)
+from foodnet.hydra_entry import run
 from foodnet.reports.metrics import (
     SCORES,
     TEMPERATURE,
@@ -26,6 +33,7 @@ from foodnet.reports.metrics import (
     VAL_ECE,
     VAL_ECE_RAW,
 )
+from foodnet.run_folder import discard_unused_run_folder
 from foodnet.schema import TrainSchema, check_config
 
 # torch, Lightning and torchvision are imported where they are used, so that `--help` and a
@@ -223,8 +231,10 @@ def check_trainer_keys(trainer_cfg) -> None:
     known |= set(inspect.signature(create_trainer).parameters) | {"_target_"}
     unknown = sorted(set(trainer_cfg) - known)
     if unknown:
-        raise ConfigError(f"trainer.{unknown[0]}: no such setting of Lightning's Trainer; check "
-                          "the spelling (python -m foodnet.train --cfg job lists every key)")
+        key = f"trainer.{unknown[0]}"
+        hint = did_you_mean(key, [f"trainer.{name}" for name in sorted(known)])
+        raise ConfigError(f"{key}: no such setting of Lightning's Trainer{hint} (foodnet train "
+                          "--cfg job lists every key)")
 
 
 def warn_random_frozen_backbone(weights: str | None, strategy: FinetuneStrategy) -> None:
@@ -353,7 +363,7 @@ def resume_command(run_dir: Path) -> str:
     if HydraConfig.initialized():
         dropped = ("ckpt_path=", "hydra.run.dir=", "overwrite=")
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(dropped)]
-    words = ["python", "-m", "foodnet.train", *overrides, f"hydra.run.dir={run_dir}",
+    words = ["foodnet", "train", *overrides, f"hydra.run.dir={run_dir}",
              "ckpt_path=last"]
     return " ".join(shlex.quote(str(w)) for w in words)
 
@@ -394,11 +404,11 @@ def main(cfg: DictConfig) -> float | None:
             return record_failure(cfg, user_message(user_error) if user_error is not None
                                   else f"{type(err).__name__}: {err}")
     else:
-        with exit_on_user_error():
+        with exit_on_user_error(cleanup=discard_unused_run_folder):
             metrics = _run(cfg)
     # Returned to Hydra so that sweepers can optimise it.
     return metrics[VAL_ACC_BEST]
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

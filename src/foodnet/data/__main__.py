@@ -1,4 +1,4 @@
-"""Data tools: `python -m foodnet.data {check,from-folder,demo} ...`."""
+"""Data tools: `foodnet data {check,from-folder,demo} ...` (= python -m foodnet.data ...)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m foodnet.data", description=__doc__)
+    parser = argparse.ArgumentParser(prog="foodnet data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     check = commands.add_parser(
@@ -88,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                     "sorted order; files without an image extension are skipped and counted.")
     folder.add_argument("root", metavar="ROOT")
     folder.add_argument("--out", required=True, help="folder for the manifests and classes.txt")
-    folder.add_argument("--val-fraction", type=float, default=0.1)
-    folder.add_argument("--test-fraction", type=float, default=0.1)
-    folder.add_argument("--seed", type=int, default=0)
+    folder.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of each class for val.txt (default: %(default)s)")
+    folder.add_argument("--test-fraction", type=float, default=0.1,
+                        help="share of each class for test.txt (default: %(default)s)")
+    folder.add_argument("--seed", type=int, default=0,
+                        help="the split's random seed (default: %(default)s)")
     folder.set_defaults(run=_from_folder)
 
     demo = commands.add_parser("demo", help="write the synthetic 20-class demo dataset")

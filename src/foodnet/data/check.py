@@ -233,5 +233,5 @@ def raise_for_errors(reports: Iterable[Report]) -> None:
     option = f" --num-classes {counted}" if counted else ""
     raise ManifestError(
         f"{len(errors)} problems in the data; fix them, then run again "
-        f"(the full list: python -m foodnet.data check{option} {manifests}):\n"
+        f"(the full list: foodnet data check{option} {manifests}):\n"
         + format_problems(errors))

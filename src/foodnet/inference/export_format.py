@@ -30,7 +30,7 @@ def read_sidecar(model: str | Path) -> dict:
     missing = {"format", *INFO_KEYS} - set(meta) if isinstance(meta, dict) else {"everything"}
     if missing:
         raise ModelFileError(f"{path}: not a foodnet export sidecar (missing {sorted(missing)}); "
-                             "re-export with python -m foodnet.export")
+                             "re-export with foodnet export")
     if meta["format"] not in EXPORT_FORMATS:
         raise ModelFileError(f"{path}: format {meta['format']!r} is not one of "
                              f"{', '.join(EXPORT_FORMATS)}; re-export with foodnet.export")
@@ -42,4 +42,4 @@ def info_from_sidecar(meta: dict, source: str | Path = "the export sidecar") -> 
         return ModelInfo.from_dict(meta)
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"{source}: unreadable preprocessing record ({err}); re-export "
-                             "with python -m foodnet.export") from None
+                             "with foodnet export") from None

@@ -107,7 +107,7 @@ def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
                                path, outputs_probs=True, device=torch_device)
     if path.suffix.lower().lstrip(".") in EXPORT_FORMATS:
         raise ModelFileError(f"{path}: no {sidecar_path(path).name} next to it, so its "
-                             "preprocessing is unknown; python -m foodnet.export writes both")
+                             "preprocessing is unknown; foodnet export writes both")
     net, info = load_model(path)  # CheckpointError names the file
     # The layout a training run measured faster on this machine (foodnet.speed), else the
     # default.

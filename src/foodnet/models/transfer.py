@@ -14,16 +14,18 @@ class TransferNet(nn.Module):
     """A pretrained backbone (pooled features out) followed by a new Linear head.
 
     `preprocessing` is what the backbone's weights expect (train.py may override parts of it; the
-    run's own record is saved in the checkpoint).
+    run's own record is saved in the checkpoint). `weights` names the weights the backbone
+    started from (foodnet.models.sources.Backbone.weights), None for random initialisation.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Linear, arch: str,
-                 preprocessing: Preprocessing | None = None):
+                 preprocessing: Preprocessing | None = None, weights: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.arch = arch
         self.preprocessing = preprocessing
+        self.weights = weights
 
     @property
     def num_features(self) -> int:
@@ -48,7 +50,7 @@ def create_model(arch: str = "resnet152", num_classes: int = 20, weights: str | 
         raise ConfigError(f"model.num_classes={num_classes} must be positive")
     backbone = create_backbone(arch, weights)
     model = TransferNet(backbone=backbone.net, head=nn.Linear(backbone.num_features, num_classes),
-                        arch=arch, preprocessing=backbone.preprocessing)
+                        arch=arch, preprocessing=backbone.preprocessing, weights=backbone.weights)
     set_backbone_trainable(model, not freeze)
     return model
 

@@ -32,6 +32,12 @@ def as_path(weights: str) -> Path | None:
     return None
 
 
+def file_name(path: Path) -> str:
+    """A weights file as the model card names it: its absolute path (the run's folder is not
+    where it was started from)."""
+    return str(path.resolve())
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state_dict from a .pth/.pt/.bin (torch.load, weights_only) or .safetensors file."""
     try:

@@ -91,11 +91,13 @@ class FoodClassifier(L.LightningModule):
         self.preprocessing = preprocessing or net.preprocessing
         # Plain values only, so checkpoints load with weights_only=True; they are what
         # evaluate/predict/export need to rebuild the network and its preprocessing, and the
-        # record of how it was trained (augment: the train-time policy, None when not given).
+        # record of how it was trained (weights: what the backbone started from, DEFAULT resolved
+        # by its source; augment: the train-time policy, None when not given).
         # Not sent to the loggers: a run's params there are its composed config
         # (foodnet.training.tracking).
         self.save_hyperparameters({
             "arch": net.arch, "num_classes": net.num_classes, "class_names": self.class_names,
+            "weights": net.weights,
             "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
             "augment": augment.to_dict() if augment is not None else None,
             "finetune": self.finetune.to_dict(),

@@ -33,7 +33,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,33 @@ def search_space(arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
                 entries[key] = CategoricalDistribution(values)
     space = {k: v for k, v in entries.items() if not isinstance(v, str)}
     return space, [v for v in entries.values() if isinstance(v, str)]
+
+
+def idle_keys(space: Collection[str], setting: Callable[[str], Any]) -> dict[str, str]:
+    """The searched keys that change nothing in any trial, each with why and the fix.
+
+    `setting(key)` is the value every trial gets for a key the space does not search. A key
+    whose effect depends on a searched setting counts in the trials where it applies, so it
+    stays. The one case: `augment` (the group or its options) under cache_features=true with
+    cache_views=1, where the train features come from the eval transform.
+    """
+    def fixed(key: str) -> Any:
+        return _SEARCHED if key in space else setting(key)
+
+    idle = {}
+    if fixed("cache_features") is True and fixed("cache_views") == 1:
+        for key in space:
+            if key == "augment" or key.startswith("augment."):
+                idle[key] = (
+                    "cache_features=true with cache_views=1 trains the head on features of the "
+                    "eval transform, so no augmentation policy is applied. Drop it from the "
+                    "search (augment=none on the command line fixes it), or set cache_views=K>1 "
+                    "to train on K augmented views per image (every policy searched must then "
+                    "augment: augment=none is refused with cache_views>1)")
+    return idle
+
+
+_SEARCHED = object()  # idle_keys' value of a setting that the search space searches
 
 
 def _counted(trial) -> bool:
@@ -281,9 +308,27 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         with exit_on_user_error():  # `error: ...` and exit code 2, as from every foodnet command
-            space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + arguments)
+            space, fixed = self.search(arguments)
             study = self.open_study()
         self.run(study, space, fixed)
+
+    def search(self, arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+        """The sweep's search space and fixed overrides (hydra.sweeper.params, then the command
+        line), refusing a searched key that changes nothing in any trial."""
+        space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + [*arguments])
+        # Refused, not dropped: a search is run as the user wrote it, or not at all
+        # (docs/search.md says why).
+        for key, why in idle_keys(space, self._setting(fixed)).items():
+            raise ConfigError(f"hydra.sweeper.params searches {key}, which changes nothing in "
+                              f"any trial: {why}")
+        return space, fixed
+
+    def _setting(self, fixed: list[str]) -> Callable[[str], Any]:
+        """A key's value in every trial: the last fixed override of it, else the composed
+        config's (which holds the command line's fixed overrides, not hydra.sweeper.params')."""
+        values = {o.get_key_element(): o.value()
+                  for o in OverridesParser.create().parse_overrides(fixed)}
+        return lambda key: values[key] if key in values else OmegaConf.select(self.config, key)
 
     def run(self, study, space: dict[str, Any], fixed: list[str]) -> None:
         done = self.started(study)

@@ -17,11 +17,14 @@ OFFLINE_BACKBONE = ("model=efficientnet_lite0 (a backbone whose ImageNet weights
 
 @dataclass
 class Backbone:
-    """Images (N, 3, H, W) -> pooled features (N, num_features), and how to preprocess images."""
+    """Images (N, 3, H, W) -> pooled features (N, num_features), how to preprocess images, and
+    the weights loaded, named for a reader (the model card): a weights enum member, a timm tag,
+    a package, a file's absolute path, or None for random initialisation."""
 
     net: nn.Module
     num_features: int
     preprocessing: Preprocessing
+    weights: str | None
 
 
 class BackboneSource:
@@ -47,8 +50,9 @@ class BackboneSource:
         downloaded."""
 
     def create(self, arch: str, weights: str | None) -> Backbone:
-        """The network with `weights` loaded and its classifier removed, and the preprocessing
-        those weights were trained with."""
+        """The network with `weights` loaded and its classifier removed, the preprocessing
+        those weights were trained with, and the name of the weights it loaded (DEFAULT
+        resolved: what the source picked)."""
         raise NotImplementedError
 
     def stages(self, arch: str, net: nn.Module) -> list[list[nn.Module]]:

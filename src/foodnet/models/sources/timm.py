@@ -12,7 +12,14 @@ from torch import nn
 from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError, WeightsError
 from foodnet.models.sources.base import OFFLINE_BACKBONE, Backbone, BackboneSource
-from foodnet.models.weights import DEFAULT, as_path, is_none, load_state_dict, load_weights_file
+from foodnet.models.weights import (
+    DEFAULT,
+    as_path,
+    file_name,
+    is_none,
+    load_state_dict,
+    load_weights_file,
+)
 
 PREFIX = "timm/"
 
@@ -59,6 +66,19 @@ def download_help(name: str, net: nn.Module) -> str:
             "finetune=full to train the whole network from random initialisation (with the "
             "default finetune=freeze a random backbone stays random and only the head learns). "
             "Offline, HF_HUB_OFFLINE=1 makes timm fail at once instead of retrying for a minute")
+
+
+def weights_name(net: nn.Module, weights: str | None) -> str | None:
+    """The weights `load_model` loaded into `net`, for the model card: `timm/<arch>.<tag>` (the
+    tag timm picked for an untagged name), a file, or None."""
+    if is_none(weights):
+        return None
+    path = as_path(weights)
+    if path is not None:
+        return file_name(path)
+    cfg = net.pretrained_cfg
+    tag = cfg.get("tag")
+    return f"{PREFIX}{cfg['architecture']}" + (f".{tag}" if tag else "")
 
 
 def pretrained_name(name: str, weights: str) -> str:
@@ -123,7 +143,8 @@ class TimmSource(BackboneSource):
 
     def create(self, arch: str, weights: str | None) -> Backbone:
         net = load_model(arch.removeprefix(PREFIX), weights)
-        return Backbone(net, pooled_features(net), model_preprocessing(net))
+        return Backbone(net, pooled_features(net), model_preprocessing(net),
+                        weights_name(net, weights))
 
     def stages(self, arch: str, net: nn.Module) -> list[list[nn.Module]]:
         # timm's own grouping (the one its layer-wise lr decay uses): stem, then blocks in order.

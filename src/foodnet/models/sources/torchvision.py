@@ -14,7 +14,14 @@ from foodnet.data.preprocessing import Preprocessing
 from foodnet.errors import ConfigError, WeightsError
 from foodnet.models.sources import registry
 from foodnet.models.sources.base import OFFLINE_BACKBONE, Backbone, BackboneSource
-from foodnet.models.weights import DEFAULT, as_path, is_none, load_state_dict, load_weights_file
+from foodnet.models.weights import (
+    DEFAULT,
+    as_path,
+    file_name,
+    is_none,
+    load_state_dict,
+    load_weights_file,
+)
 
 # Where torchvision classifiers keep their final Linear layer.
 HEAD_NAMES = ("fc", "classifier", "heads", "head")
@@ -68,17 +75,20 @@ def weights_preprocessing(weights) -> Preprocessing:
 
 def load_classifier(arch: str, weights: str | None):
     """(the whole torchvision classifier with its weights, the weights enum whose metadata
-    describes its preprocessing: the named one, else the arch's DEFAULT)."""
+    describes its preprocessing: the named one, else the arch's DEFAULT, the name of the weights
+    loaded: `ResNet152_Weights.IMAGENET1K_V2`, a file, or None)."""
     resolved = resolve_weights(arch, weights)
     default = models.get_model_weights(arch).DEFAULT
     if isinstance(resolved, Path) or resolved is None:
         net = models.get_model(arch, weights=None)
-        if resolved is not None:
-            head = tuple(name for name in HEAD_NAMES if hasattr(net, name))
-            load_weights_file(net, load_state_dict(resolved), resolved, arch, head)
-        return net, default
+        if resolved is None:
+            return net, default, None
+        head = tuple(name for name in HEAD_NAMES if hasattr(net, name))
+        load_weights_file(net, load_state_dict(resolved), resolved, arch, head)
+        return net, default, file_name(resolved)
     try:
-        return models.get_model(arch, weights=resolved), resolved
+        # str() of a weights enum member is its full name, DEFAULT resolved.
+        return models.get_model(arch, weights=resolved), resolved, str(resolved)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
         raise WeightsError(download_help(resolved)) from err
 
@@ -115,14 +125,14 @@ class TorchvisionSource(BackboneSource):
         resolve_weights(arch, weights)
 
     def create(self, arch: str, weights: str | None) -> Backbone:
-        net, meta_weights = load_classifier(arch, weights)
+        net, meta_weights, loaded = load_classifier(arch, weights)
         parent, attr = head_slot(net)
         old_head = parent[int(attr)] if attr.isdigit() else getattr(parent, attr)
         if attr.isdigit():
             parent[int(attr)] = nn.Identity()
         else:
             setattr(parent, attr, nn.Identity())
-        return Backbone(net, old_head.in_features, weights_preprocessing(meta_weights))
+        return Backbone(net, old_head.in_features, weights_preprocessing(meta_weights), loaded)
 
     def stages(self, arch: str, net: nn.Module) -> list[list[nn.Module]]:
         if not arch.startswith(STAGED):

@@ -42,7 +42,8 @@ def build(cfg: DictConfig, resume: ResumePoint | None = None,
     from foodnet.training.module import FoodClassifier
 
     strategy: FinetuneStrategy = _instantiate(cfg.finetune)
-    check_cache_features(cfg, strategy)
+    augment: Augmentation = _instantiate(cfg.augment)
+    check_cache_features(cfg, strategy, augment)
     warn_random_frozen_backbone(cfg.model.weights, strategy)
     net: TransferNet = _instantiate(cfg.model.net)
     strategy.prepare(net)
@@ -50,7 +51,6 @@ def build(cfg: DictConfig, resume: ResumePoint | None = None,
     preprocessing = net.preprocessing.override(
         **OmegaConf.to_container(cfg.model.preprocessing, resolve=True))
     log.info("preprocessing: %s", preprocessing.describe())
-    augment: Augmentation = _instantiate(cfg.augment)
     # Partial, then called: instantiate would turn the records (dataclasses) into DictConfigs.
     datamodule: FoodDataModule = _instantiate(cfg.data, _partial_=True)(
         preprocessing=preprocessing, augment=augment)
@@ -161,13 +161,22 @@ def _class_weights(option, datamodule: FoodDataModule, num_classes: int) -> list
     return [float(w) for w in option]
 
 
-def check_cache_features(cfg: DictConfig, strategy: FinetuneStrategy) -> None:
+def check_cache_features(cfg: DictConfig, strategy: FinetuneStrategy,
+                         augment: Augmentation) -> None:
     """Features are reusable only while the backbone stays frozen for the whole run, which the
-    fine-tuning strategy alone decides."""
-    if cfg.cache_features and not strategy.backbone_frozen_throughout:
+    fine-tuning strategy alone decides. Batch mixing is refused with them rather than applied to
+    features: CutMix pastes image regions, which has no meaning on pooled features, and MixUp of
+    features is another method (manifold mixup) than the MixUp of images it is asked for."""
+    if not cfg.cache_features:
+        return
+    if not strategy.backbone_frozen_throughout:
         raise ConfigError(f"cache_features=true needs finetune=freeze, but finetune="
                           f"{strategy.name} trains the backbone, so its features change; "
                           "set finetune=freeze, or cache_features=false")
+    if augment.mix is not None:
+        raise ConfigError(f"augment.mix={augment.mix} mixes images in each batch, but "
+                          "cache_features=true trains the head on features computed once; set "
+                          "cache_features=false to mix images, or augment.mix=null")
 
 
 def validates_everything(trainer: L.Trainer) -> bool:

@@ -155,10 +155,12 @@ class FoodClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
+        # y is (N,) labels, or (N, classes) soft targets under augment.mix (MixUp/CutMix):
+        # cross_entropy takes both, and accuracy counts the class with the larger share.
         loss = F.cross_entropy(logits, y, weight=self.class_weights,
                                label_smoothing=self.label_smoothing)
         self.train_loss(loss.detach())
-        self.train_acc(logits.detach(), y)
+        self.train_acc(logits.detach(), y.argmax(dim=1) if y.ndim == 2 else y)
         self.log(TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss

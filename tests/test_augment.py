@@ -92,8 +92,9 @@ def test_policies_record_plain_values_and_pickle():
     off = {"erasing": 0.0, "mix": None, "mix_alpha": 1.0}
     assert NoAugment().to_dict() == {"name": "none", **off}
     assert SeedAugment().to_dict() == {
-        "name": "seed", **off, "resize_ratio": 300 / 256, "rotation": 45, "hflip": 0.5, "vflip": 0.5,
-        "brightness": 0.2, "contrast": 0.1, "saturation": 0.1, "hue": 0.1, "grayscale": 0.1}
+        "name": "seed", **off, "resize_ratio": 300 / 256, "rotation": 45, "hflip": 0.5,
+        "vflip": 0.5, "brightness": 0.2, "contrast": 0.1, "saturation": 0.1, "hue": 0.1,
+        "grayscale": 0.1}
     assert SeedAugment(rotation=10).to_dict()["rotation"] == 10
     # Loader workers receive the policy's transform by pickling: it must draw the same there.
     for policy in (NoAugment(), SeedAugment(), *(_policy(name) for name in NEW_POLICIES)):

@@ -30,6 +30,9 @@ class DataSchema:
     val_manifest: str | None = None
     test_manifest: str | None = None
     classes: str | None = None
+    folder: str | None = None
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
     num_classes: int | None = None
     batch_size: int = MISSING
     num_workers: Any = MISSING  # auto or an int (checked in check_ranges)
@@ -53,7 +56,7 @@ class PreprocessingSchema:
 @dataclass
 class ModelSchema:
     arch: str = MISSING
-    num_classes: int = MISSING
+    num_classes: int | None = None  # null: from the data (foodnet.train resolves it)
     weights: str | None = None
     label_smoothing: float = MISSING
     class_weights: Any = None  # null, balanced or a list of floats

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from foodnet.training.resume import ResumePoint
 
 log = logging.getLogger(__name__)
+# data.* keys that with_data reads (a folder of photos and its split), not the datamodule.
+FOLDER_KEYS = ("folder", "val_fraction", "test_fraction")
 
 
 def build(cfg: DictConfig, resume: ResumePoint | None = None,
@@ -52,7 +54,9 @@ def build(cfg: DictConfig, resume: ResumePoint | None = None,
         **OmegaConf.to_container(cfg.model.preprocessing, resolve=True))
     log.info("preprocessing: %s", preprocessing.describe())
     # Partial, then called: instantiate would turn the records (dataclasses) into DictConfigs.
-    datamodule: FoodDataModule = _instantiate(cfg.data, _partial_=True)(
+    # The folder keys were for with_data, which turned them into manifests.
+    data = OmegaConf.masked_copy(cfg.data, [k for k in cfg.data if k not in FOLDER_KEYS])
+    datamodule: FoodDataModule = _instantiate(data, _partial_=True)(
         preprocessing=preprocessing, augment=augment)
     callbacks, loggers = _callbacks_and_loggers(cfg, strategy)
     speed = _speed_plan(cfg, net, preprocessing.image_size, strategy, resume)
@@ -237,9 +241,38 @@ def warn_random_frozen_backbone(weights: str | None, strategy: FinetuneStrategy)
                     "(model.weights=DEFAULT, or a .pth file)", strategy.name)
 
 
+def with_data(cfg: DictConfig) -> DictConfig:
+    """The config with its data settled: data.folder split into the run folder's data/ (its
+    manifests and classes.txt replace data.*), model.num_classes from the data unless given.
+
+    Done on the composed config, before its interpolations are resolved, so that the values set
+    here reach every key that refers to them (data.num_classes, model.net.num_classes).
+    """
+    from foodnet.data.folder import from_folder
+    from foodnet.data.manifest import resolve_num_classes
+
+    cfg = cfg.copy()
+    data = cfg.data
+    if data.folder:
+        out = Path(cfg.paths.output_dir) / "data"
+        split = from_folder(data.folder, out, data.val_fraction, data.test_fraction,
+                            seed=cfg.seed, names=("data.val_fraction", "data.test_fraction"))
+        log.info("data.folder=%s: %d classes, %s written to %s", data.folder,
+                 len(split.class_names),
+                 ", ".join(f"{len(split.rows[s])} {s}" for s in ("train", "val", "test")), out)
+        for key in ("train", "val", "test"):
+            data[f"{key}_manifest"] = str(split.files[key]) if key in split.files else None
+        data.classes = str(split.files["classes"])
+    cfg.model.num_classes = resolve_num_classes(
+        cfg.model.num_classes, data.classes,
+        [data.get(f"{key}_manifest") for key in ("train", "val", "test")])
+    return cfg
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint when a test manifest is given, write metrics.json."""
-    cfg = check_config(cfg, TrainSchema)
+    check_config(cfg, TrainSchema)  # the types, before with_data reads the data with them
+    cfg = check_config(with_data(cfg), TrainSchema)
     from foodnet.logs import library_chatter
 
     with library_chatter(cfg.verbose):

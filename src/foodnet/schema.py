@@ -77,6 +77,14 @@ class SchedulerSchema:
 
 
 @dataclass
+class TuneSchema:
+    lr_find: bool = MISSING
+    min_lr: float = MISSING
+    max_lr: float = MISSING
+    num_training: int = MISSING
+
+
+@dataclass
 class PathsSchema:
     output_dir: str = MISSING
 
@@ -105,6 +113,7 @@ class TrainSchema(CommonSchema):
     finetune: dict[str, Any] = field(default_factory=dict)  # the strategy (_target_), its options
     augment: dict[str, Any] = field(default_factory=dict)  # _target_ (a policy) and its options
     scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
+    tune: TuneSchema = field(default_factory=TuneSchema)
     callbacks: dict[str, Any] | None = field(default_factory=dict)
     logger: dict[str, Any] | None = field(default_factory=dict)
 
@@ -126,6 +135,8 @@ _RANGES = {
     "model.optimizer.lr": (float, lambda v: v > 0, "a positive number (the default is 1e-3)"),
     "model.optimizer.weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
     "trainer.max_epochs": (int, lambda v: v >= 1, "a positive integer"),
+    "tune.min_lr": (float, lambda v: v > 0, "a positive number"),
+    "tune.num_training": (int, lambda v: v >= 2, "an integer >= 2"),
     "backbone_batch": ((int, str), lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
                        "auto or a positive integer"),
 }

@@ -215,6 +215,45 @@ def use_backbone_features(cfg: DictConfig, datamodule: FoodDataModule, module: F
                     frozen=module.frozen_backbone)
 
 
+def find_lr(tune: DictConfig, module: FoodClassifier, datamodule: FoodDataModule,
+            trainer: L.Trainer, run_dir: Path) -> dict:
+    """tune.lr_find: Lightning's learning-rate range test; its suggestion becomes the run's lr.
+
+    The curve is plotted to RUN/lr_find.png and TensorBoard; the test restores the weights it
+    trained, so the run starts from where it would have without it.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.tuner import Tuner
+
+    # The test runs tune.num_training steps; Lightning would also stop it at trainer.max_epochs,
+    # which on a small data set leaves too few points for a suggestion.
+    epochs = trainer.fit_loop.max_epochs
+    trainer.fit_loop.max_epochs = -1
+    try:
+        finder = Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=tune.min_lr,
+                                        max_lr=tune.max_lr, num_training=tune.num_training,
+                                        update_attr=False)
+    finally:
+        trainer.fit_loop.max_epochs = epochs
+    suggestion = finder.suggestion() if finder is not None else None
+    if suggestion is None:
+        log.warning("tune.lr_find: no suggestion (too few steps with a finite loss); training "
+                    "with model.optimizer.lr. More steps: tune.num_training, or more data")
+        return {"suggestion": None}
+    module.lr = float(suggestion)
+    log.info("tune.lr_find: suggested lr %.3g, used instead of model.optimizer.lr", suggestion)
+    result = {"suggestion": module.lr, "steps": len(finder.results["lr"])}
+    if trainer.is_global_zero:
+        figure = finder.plot(suggest=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        figure.savefig(run_dir / "lr_find.png", dpi=100)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure("tune/lr_find", figure, global_step=0)
+        result["plot"] = str(run_dir / "lr_find.png")
+    return result
+
+
 def check_trainer_keys(trainer_cfg) -> None:
     """A trainer.* key that Lightning's Trainer does not take is a typo, named before building."""
     import inspect
@@ -307,6 +346,12 @@ def _train(cfg: DictConfig) -> dict:
     datamodule.setup()
     use_backbone_features(cfg, datamodule, module, trainer)
     log_params(trainer.loggers, OmegaConf.to_container(cfg, resolve=True))
+    lr_found = None
+    if cfg.tune.lr_find and resume is not None:
+        log.info("tune.lr_find: skipped, a resumed run keeps its optimizer's learning rate")
+    elif cfg.tune.lr_find:
+        with expected_warnings():
+            lr_found = find_lr(cfg.tune, module, datamodule, trainer, run_dir)
     with expected_warnings():
         trainer.fit(module, datamodule=datamodule,
                     ckpt_path=resume.path if resume else None, weights_only=True)
@@ -336,6 +381,8 @@ def _train(cfg: DictConfig) -> dict:
         "skipped_images": len(datamodule.skipped),
         "skipped": [str(item) for item in datamodule.skipped.values()],
     }
+    if lr_found is not None:  # tune.lr_find: the suggested lr (used), the plot
+        metrics["lr_find"] = lr_found
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

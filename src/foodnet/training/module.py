@@ -72,6 +72,8 @@ class FoodClassifier(L.LightningModule):
         self.frozen_backbone = FrozenBackbone(net.backbone, self.speed,
                                               name=f"{net.arch} backbone")
         self.optimizer_factory = optimizer
+        # The learning rate found by the range test (train.py, tune.lr_find); None: the factory's.
+        self.lr: float | None = None
         # How the run trains the network (what is frozen, and for how long): recorded in the
         # checkpoint; features are reused only when it keeps the backbone frozen throughout.
         self.finetune = finetune or (Freeze() if net.backbone_frozen else Full())
@@ -211,7 +213,8 @@ class FoodClassifier(L.LightningModule):
         trainable = [p for p in self.parameters() if p.requires_grad]
         if not trainable:
             raise ConfigError("no trainable parameters: the whole model is frozen")
-        optimizer = self.optimizer_factory(trainable)
+        optimizer = self.optimizer_factory(trainable, **({} if self.lr is None else
+                                                          {"lr": self.lr}))
         if self.scheduler_factory is None:
             return optimizer
         if self.scheduler_interval == "step":

@@ -43,6 +43,8 @@ def build(cfg: DictConfig, resume: ResumePoint | None = None,
     """The run's parts, each from its config group, in the order they depend on each other."""
     from foodnet.training.module import FoodClassifier
 
+    if cfg.model.num_classes is None:  # a config that train() has not settled (tests build one)
+        cfg = with_data(cfg)
     strategy: FinetuneStrategy = _instantiate(cfg.finetune)
     augment: Augmentation = _instantiate(cfg.augment)
     check_cache_features(cfg, strategy, augment)
@@ -55,7 +57,8 @@ def build(cfg: DictConfig, resume: ResumePoint | None = None,
     log.info("preprocessing: %s", preprocessing.describe())
     # Partial, then called: instantiate would turn the records (dataclasses) into DictConfigs.
     # The folder keys were for with_data, which turned them into manifests.
-    data = OmegaConf.masked_copy(cfg.data, [k for k in cfg.data if k not in FOLDER_KEYS])
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
+            if k not in FOLDER_KEYS}
     datamodule: FoodDataModule = _instantiate(data, _partial_=True)(
         preprocessing=preprocessing, augment=augment)
     callbacks, loggers = _callbacks_and_loggers(cfg, strategy)

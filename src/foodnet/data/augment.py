@@ -32,8 +32,8 @@ MIX_KINDS = ("mixup", "cutmix", "both")
 @dataclass(frozen=True)
 class Augmentation:
     """A train-time policy (a frozen dataclass): `transform(preprocessing)` gives the train
-    transform; its fields are its parameters. The values off here (no erasing, no mixing) are
-    what a policy built directly in code gets; conf/augment/_options.yaml is where a run's are."""
+    transform; its fields are its parameters. The options are off here (no erasing, no mixing)
+    for a policy built in code; a run's come from conf/augment/_options.yaml."""
 
     name: ClassVar[str]
     # False for a policy that draws nothing at random: views of an image would all be equal.

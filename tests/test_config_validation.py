@@ -22,7 +22,7 @@ from foodnet.train import train
     ({"model.num_classes": 10}, ManifestError,
      r"classes.txt lists 20 classes but model.num_classes=10"),
     ({"model.num_classes": 10, "data.classes": "null"}, ManifestError,
-     r"train.txt:\d+: label 10 is out of range for 10 classes"),
+     r"train.txt:\d+: label 19 makes 20 classes but model.num_classes=10"),
     ({"model.optimizer.lr": 0}, ValueError, r"model.optimizer.lr=0: expected a positive number"),
     ({"model.optimizer.lr": -0.001}, ValueError,
      r"model.optimizer.lr=-0.001: expected a positive number"),

@@ -170,11 +170,22 @@ def test_cache_features_refuses_a_trainable_backbone(tiny_data):
                                                      "finetune": "full"}))
     with pytest.raises(ValueError, match="cache_features=true needs finetune=freeze, but "
                                          "finetune=full"):
-        check_cache_features(cfg, instantiate(cfg.finetune))
-    check_cache_features(cfg, Freeze())  # the control: a backbone frozen throughout
+        check_cache_features(cfg, instantiate(cfg.finetune), NoAugment())
+    check_cache_features(cfg, Freeze(), NoAugment())  # the control: a backbone frozen throughout
     net = create_model("resnet18", num_classes=20, weights=None, freeze=False)
     with pytest.raises(ValueError, match="frozen backbone"):
         attach_features(_datamodule(tiny_data), net, ["val"])
+
+
+def test_cache_features_refuses_batch_mixing(tiny_data):
+    cfg = compose_train(tiny_overrides(tiny_data, **{"cache_features": "true",
+                                                     "augment.mix": "mixup"}))
+    with pytest.raises(ValueError, match="augment.mix=mixup mixes images in each batch, but "
+                                         "cache_features=true"):
+        check_cache_features(cfg, Freeze(), instantiate(cfg.augment))
+    # The control: the same policy without cache_features is accepted.
+    cfg.cache_features = False
+    check_cache_features(cfg, Freeze(), instantiate(cfg.augment))
 
 
 def _run(tiny_data, run_dir, **extra):

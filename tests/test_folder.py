@@ -4,12 +4,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
+from helpers import compose_train, tiny_overrides
 from PIL import Image
 
 from foodnet.data.__main__ import main
 from foodnet.data.check import check_manifest
 from foodnet.data.folder import from_folder
-from foodnet.data.manifest import read_classes, read_manifest
+from foodnet.data.manifest import read_classes, read_manifest, resolve_num_classes
+from foodnet.errors import ManifestError
+from foodnet.train import train, with_data
 
 COUNTS = {"sushi": 10, "Apple pie": 20, "ramen": 3}  # not in sorted order on purpose
 
@@ -94,3 +98,66 @@ def test_root_without_class_folders(tmp_path, capsys):
     assert main(["from-folder", str(tmp_path / "flat"), "--out", str(tmp_path / "o")]) == 2
     assert "no class folder with images" in capsys.readouterr().err
     assert main(["from-folder", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+
+
+# `foodnet train data.folder=...`: the same split, written into the run folder, then trained on.
+FOODS = {"pizza": 8, "apple pie": 8, "ramen": 8}  # classes.txt sorts them: apple pie, pizza, ramen
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    root = tmp_path / "photos"
+    for label, (name, count) in enumerate(FOODS.items()):
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            colour = (80 * label, 10 * index, 255 - 80 * label)
+            Image.new("RGB", (24, 24), colour).save(root / name / f"{index}.png")
+    return root
+
+
+def _folder_config(photos: Path, run_dir: Path, **extra):
+    return compose_train(tiny_overrides(**{"data.folder": photos, "data.val_fraction": 0.25,
+                                           "data.test_fraction": 0.25, **extra}),
+                         run_dir=run_dir)
+
+
+def test_train_from_a_folder_infers_the_classes_and_writes_the_split(photos, tmp_path):
+    metrics = train(_folder_config(photos, tmp_path / "a"))
+    data = tmp_path / "a" / "data"
+    assert read_classes(data / "classes.txt") == ["apple pie", "pizza", "ramen"]
+    counts = {split: Counter(s.label for s in read_manifest(data / f"{split}.txt"))
+              for split in ("train", "val", "test")}
+    assert counts == {"train": {0: 4, 1: 4, 2: 4}, "val": {0: 2, 1: 2, 2: 2},
+                      "test": {0: 2, 1: 2, 2: 2}}
+    # model.num_classes was null: the run's head has the folder's 3 classes, by name.
+    hparams = torch.load(metrics["best_checkpoint"], weights_only=True)["hyper_parameters"]
+    assert hparams["num_classes"] == 3
+    assert hparams["class_names"] == ["apple pie", "pizza", "ramen"]
+    assert metrics["test/acc"] is not None  # the folder's test split was used
+    # Reproducible: the same seed writes the same split; the control, another seed, another one.
+    with_data(_folder_config(photos, tmp_path / "b"))
+    with_data(_folder_config(photos, tmp_path / "c", seed=7))
+    assert split_of(data) == split_of(tmp_path / "b" / "data")
+    assert split_of(data)["val"] != split_of(tmp_path / "c" / "data")["val"]
+
+
+def test_a_num_classes_that_disagrees_with_the_folder_is_an_error(photos, tmp_path):
+    with pytest.raises(ManifestError, match=r"data/classes.txt lists 3 classes but "
+                                            r"model.num_classes=5; make them agree"):
+        train(_folder_config(photos, tmp_path / "run", **{"model.num_classes": 5}))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # The control: the number the folder has is accepted.
+    cfg = _folder_config(photos, tmp_path / "ok", **{"model.num_classes": 3})
+    assert with_data(cfg).model.num_classes == 3
+
+
+def test_num_classes_from_the_labels_without_a_classes_file(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    (tmp_path / "train.txt").write_text("a.png 0\na.png 4\n")
+    (tmp_path / "val.txt").write_text("a.png 6\n")
+    manifests = [tmp_path / "train.txt", tmp_path / "val.txt", None]
+    assert resolve_num_classes(None, None, manifests) == 7  # the largest label + 1
+    assert resolve_num_classes(9, None, manifests) == 9  # room for classes without images yet
+    with pytest.raises(ManifestError, match=r"val.txt:1: label 6 makes 7 classes but "
+                                            r"model.num_classes=6"):
+        resolve_num_classes(6, None, manifests)

@@ -99,8 +99,9 @@ def test_resume_from_a_truncated_checkpoint_names_the_file(tiny_data, tmp_path, 
 
 @pytest.mark.parametrize(("override", "message"), [
     ({"trainer.max_epochs": 2}, rf"trainer.max_epochs=2 is below the {EPOCHS} epochs"),
-    ({"model.num_classes": 10, "data.classes": "null"},
-     "holds a resnet18 with 20 classes but the config asks for .*num_classes=10"),
+    # 30: more than the labels (up to 19) need, so the data allows it; the checkpoint does not.
+    ({"model.num_classes": 30, "data.classes": "null"},
+     "holds a resnet18 with 20 classes but the config asks for .*num_classes=30"),
 ])
 def test_resume_settings_that_contradict_the_checkpoint_fail_before_training(
         tiny_data, tmp_path, reference_run, override, message):

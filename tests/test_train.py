@@ -18,7 +18,7 @@ from foodnet.train import build
 def test_default_config_is_the_seed_recipe():
     cfg = compose_train()
     assert cfg.model.arch == "resnet152"
-    assert cfg.model.num_classes == 20
+    assert cfg.model.num_classes is None  # from the data (with_data)
     assert cfg.model.weights == "DEFAULT"
     assert cfg.finetune._target_ == "foodnet.training.finetune.Freeze"  # alone decides what trains
     assert cfg.model.net._target_ == "foodnet.models.transfer.create_model"

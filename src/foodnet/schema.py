@@ -30,6 +30,9 @@ class DataSchema:
     val_manifest: str | None = None
     test_manifest: str | None = None
     classes: str | None = None
+    folder: str | None = None
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
     num_classes: int | None = None
     batch_size: int = MISSING
     num_workers: Any = MISSING  # auto or an int (checked in check_ranges)
@@ -53,7 +56,7 @@ class PreprocessingSchema:
 @dataclass
 class ModelSchema:
     arch: str = MISSING
-    num_classes: int = MISSING
+    num_classes: int | None = None  # null: from the data (foodnet.train resolves it)
     weights: str | None = None
     label_smoothing: float = MISSING
     class_weights: Any = None  # null, balanced or a list of floats
@@ -71,6 +74,14 @@ class EvalModelSchema:
 class SchedulerSchema:
     interval: str = MISSING
     schedule: dict[str, Any] | None = None
+
+
+@dataclass
+class TuneSchema:
+    lr_find: bool = MISSING
+    min_lr: float = MISSING
+    max_lr: float = MISSING
+    num_training: int = MISSING
 
 
 @dataclass
@@ -103,6 +114,7 @@ class TrainSchema(CommonSchema):
     finetune: dict[str, Any] = field(default_factory=dict)  # the strategy (_target_), its options
     augment: dict[str, Any] = field(default_factory=dict)  # _target_ (a policy) and its options
     scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
+    tune: TuneSchema = field(default_factory=TuneSchema)
     callbacks: dict[str, Any] | None = field(default_factory=dict)
     logger: dict[str, Any] | None = field(default_factory=dict)
 
@@ -125,6 +137,8 @@ _RANGES = {
     "model.optimizer.lr": (float, lambda v: v > 0, "a positive number (the default is 1e-3)"),
     "model.optimizer.weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
     "trainer.max_epochs": (int, lambda v: v >= 1, "a positive integer"),
+    "tune.min_lr": (float, lambda v: v > 0, "a positive number"),
+    "tune.num_training": (int, lambda v: v >= 2, "an integer >= 2"),
 }
 
 

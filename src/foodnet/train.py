@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from foodnet.training.resume import ResumePoint
 
 log = logging.getLogger(__name__)
+# data.* keys that with_data reads (a folder of photos and its split), not the datamodule.
+FOLDER_KEYS = ("folder", "val_fraction", "test_fraction")
 
 
 def build(cfg: DictConfig, resume: ResumePoint | None = None,
@@ -57,8 +59,11 @@ def build(cfg: DictConfig, resume: ResumePoint | None = None,
     """The run's parts, each from its config group, in the order they depend on each other."""
     from foodnet.training.module import FoodClassifier
 
+    if cfg.model.num_classes is None:  # a config that train() has not settled (tests build one)
+        cfg = with_data(cfg)
     strategy: FinetuneStrategy = _instantiate(cfg.finetune)
-    check_cache_features(cfg, strategy)
+    augment: Augmentation = _instantiate(cfg.augment)
+    check_cache_features(cfg, strategy, augment)
     warn_random_frozen_backbone(cfg.model.weights, strategy)
     net: TransferNet = _instantiate(cfg.model.net)
     strategy.prepare(net)
@@ -66,9 +71,11 @@ def build(cfg: DictConfig, resume: ResumePoint | None = None,
     preprocessing = net.preprocessing.override(
         **OmegaConf.to_container(cfg.model.preprocessing, resolve=True))
     log.info("preprocessing: %s", preprocessing.describe())
-    augment: Augmentation = _instantiate(cfg.augment)
     # Partial, then called: instantiate would turn the records (dataclasses) into DictConfigs.
-    datamodule: FoodDataModule = _instantiate(cfg.data, _partial_=True)(
+    # The folder keys were for with_data, which turned them into manifests.
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
+            if k not in FOLDER_KEYS}
+    datamodule: FoodDataModule = _instantiate(data, _partial_=True)(
         preprocessing=preprocessing, augment=augment)
     callbacks, loggers = _callbacks_and_loggers(cfg, strategy)
     speed = _speed_plan(cfg, net, preprocessing.image_size, strategy, resume)
@@ -178,13 +185,22 @@ def _class_weights(option, datamodule: FoodDataModule, num_classes: int) -> list
     return [float(w) for w in option]
 
 
-def check_cache_features(cfg: DictConfig, strategy: FinetuneStrategy) -> None:
+def check_cache_features(cfg: DictConfig, strategy: FinetuneStrategy,
+                         augment: Augmentation) -> None:
     """Features are reusable only while the backbone stays frozen for the whole run, which the
-    fine-tuning strategy alone decides."""
-    if cfg.cache_features and not strategy.backbone_frozen_throughout:
+    fine-tuning strategy alone decides. Batch mixing is refused with them rather than applied to
+    features: CutMix pastes image regions, which has no meaning on pooled features, and MixUp of
+    features is another method (manifold mixup) than the MixUp of images it is asked for."""
+    if not cfg.cache_features:
+        return
+    if not strategy.backbone_frozen_throughout:
         raise ConfigError(f"cache_features=true needs finetune=freeze, but finetune="
                           f"{strategy.name} trains the backbone, so its features change; "
                           "set finetune=freeze, or cache_features=false")
+    if augment.mix is not None:
+        raise ConfigError(f"augment.mix={augment.mix} mixes images in each batch, but "
+                          "cache_features=true trains the head on features computed once; set "
+                          "cache_features=false to mix images, or augment.mix=null")
 
 
 def validates_everything(trainer: L.Trainer) -> bool:
@@ -219,6 +235,45 @@ def use_backbone_features(cfg: DictConfig, datamodule: FoodDataModule, module: F
                     frozen=module.frozen_backbone)
 
 
+def find_lr(tune: DictConfig, module: FoodClassifier, datamodule: FoodDataModule,
+            trainer: L.Trainer, run_dir: Path) -> dict:
+    """tune.lr_find: Lightning's learning-rate range test; its suggestion becomes the run's lr.
+
+    The curve is plotted to RUN/lr_find.png and TensorBoard; the test restores the weights it
+    trained, so the run starts from where it would have without it.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.tuner import Tuner
+
+    # The test runs tune.num_training steps; Lightning would also stop it at trainer.max_epochs,
+    # which on a small data set leaves too few points for a suggestion.
+    epochs = trainer.fit_loop.max_epochs
+    trainer.fit_loop.max_epochs = -1
+    try:
+        finder = Tuner(trainer).lr_find(module, datamodule=datamodule, min_lr=tune.min_lr,
+                                        max_lr=tune.max_lr, num_training=tune.num_training,
+                                        update_attr=False)
+    finally:
+        trainer.fit_loop.max_epochs = epochs
+    suggestion = finder.suggestion() if finder is not None else None
+    if suggestion is None:
+        log.warning("tune.lr_find: no suggestion (too few steps with a finite loss); training "
+                    "with model.optimizer.lr. More steps: tune.num_training, or more data")
+        return {"suggestion": None}
+    module.lr = float(suggestion)
+    log.info("tune.lr_find: suggested lr %.3g, used instead of model.optimizer.lr", suggestion)
+    result = {"suggestion": module.lr, "steps": len(finder.results["lr"])}
+    if trainer.is_global_zero:
+        figure = finder.plot(suggest=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        figure.savefig(run_dir / "lr_find.png", dpi=100)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure("tune/lr_find", figure, global_step=0)
+        result["plot"] = str(run_dir / "lr_find.png")
+    return result
+
+
 def check_trainer_keys(trainer_cfg) -> None:
     """A trainer.* key that Lightning's Trainer does not take is a typo, named before building."""
     import inspect
@@ -247,9 +302,38 @@ def warn_random_frozen_backbone(weights: str | None, strategy: FinetuneStrategy)
                     "(model.weights=DEFAULT, or a .pth file)", strategy.name)
 
 
+def with_data(cfg: DictConfig) -> DictConfig:
+    """The config with its data settled: data.folder split into the run folder's data/ (its
+    manifests and classes.txt replace data.*), model.num_classes from the data unless given.
+
+    Done on the composed config, before its interpolations are resolved, so that the values set
+    here reach every key that refers to them (data.num_classes, model.net.num_classes).
+    """
+    from foodnet.data.folder import from_folder
+    from foodnet.data.manifest import resolve_num_classes
+
+    cfg = cfg.copy()
+    data = cfg.data
+    if data.folder:
+        out = Path(cfg.paths.output_dir) / "data"
+        split = from_folder(data.folder, out, data.val_fraction, data.test_fraction,
+                            seed=cfg.seed, names=("data.val_fraction", "data.test_fraction"))
+        log.info("data.folder=%s: %d classes, %s written to %s", data.folder,
+                 len(split.class_names),
+                 ", ".join(f"{len(split.rows[s])} {s}" for s in ("train", "val", "test")), out)
+        for key in ("train", "val", "test"):
+            data[f"{key}_manifest"] = str(split.files[key]) if key in split.files else None
+        data.classes = str(split.files["classes"])
+    cfg.model.num_classes = resolve_num_classes(
+        cfg.model.num_classes, data.classes,
+        [data.get(f"{key}_manifest") for key in ("train", "val", "test")])
+    return cfg
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint when a test manifest is given, write metrics.json."""
-    cfg = check_config(cfg, TrainSchema)
+    check_config(cfg, TrainSchema)  # the types, before with_data reads the data with them
+    cfg = check_config(with_data(cfg), TrainSchema)
     from foodnet.logs import library_chatter
 
     with library_chatter(cfg.verbose):
@@ -284,6 +368,12 @@ def _train(cfg: DictConfig) -> dict:
     datamodule.setup()
     use_backbone_features(cfg, datamodule, module, trainer)
     log_params(trainer.loggers, OmegaConf.to_container(cfg, resolve=True))
+    lr_found = None
+    if cfg.tune.lr_find and resume is not None:
+        log.info("tune.lr_find: skipped, a resumed run keeps its optimizer's learning rate")
+    elif cfg.tune.lr_find:
+        with expected_warnings():
+            lr_found = find_lr(cfg.tune, module, datamodule, trainer, run_dir)
     with expected_warnings():
         trainer.fit(module, datamodule=datamodule,
                     ckpt_path=resume.path if resume else None, weights_only=True)
@@ -314,6 +404,8 @@ def _train(cfg: DictConfig) -> dict:
         "skipped_images": len(datamodule.skipped),
         "skipped": [str(item) for item in datamodule.skipped.values()],
     }
+    if lr_found is not None:  # tune.lr_find: the suggested lr (used), the plot
+        metrics["lr_find"] = lr_found
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -64,16 +64,18 @@ def _manifest_path(file: Path, out: Path) -> str:
 
 
 def from_folder(root: str | Path, out: str | Path, val_fraction: float = 0.1,
-                test_fraction: float = 0.1, seed: int = 0) -> FolderSplit:
-    """Write train.txt, val.txt, test.txt (when non-empty) and classes.txt under `out`."""
+                test_fraction: float = 0.1, seed: int = 0,
+                names: tuple[str, str] = ("--val-fraction", "--test-fraction")) -> FolderSplit:
+    """Write train.txt, val.txt, test.txt (when non-empty) and classes.txt under `out`.
+    `names`: what the caller calls the two fractions, for its error messages."""
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder (expected ROOT/<class name>/<images>)")
-    for name, fraction in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+    for name, fraction in zip(names, (val_fraction, test_fraction), strict=True):
         if not 0 <= fraction < 1:
             raise ConfigError(f"{name}={fraction} must be in [0, 1)")
     if val_fraction + test_fraction >= 1:
-        raise ConfigError(f"--val-fraction + --test-fraction = {val_fraction + test_fraction} "
+        raise ConfigError(f"{names[0]} + {names[1]} = {val_fraction + test_fraction} "
                           "leaves nothing to train on; make the sum less than 1")
     out.mkdir(parents=True, exist_ok=True)
     out_abs = out.resolve()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from foodnet.errors import ManifestError
+from foodnet.errors import ConfigError, ManifestError
 
 
 @dataclass(frozen=True)
@@ -180,3 +180,33 @@ def write_manifest(path: str | Path, rows: list[tuple[str, int]]) -> None:
 
 def write_classes(path: str | Path, names: list[str]) -> None:
     Path(path).write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+
+
+def resolve_num_classes(given: int | None, classes: str | Path | None,
+                        manifests: list[str | Path]) -> int:
+    """The number of classes: `given`, checked against the data, or else the data's own.
+
+    The data's count is classes.txt's when there is one (its names are the labels), else the
+    largest label in the manifests + 1. A given value must equal classes.txt's; without a
+    classes file it may exceed the labels (a class with no image yet) but not fall short.
+    Lines that do not parse are left to the manifest check, which reports them all.
+    """
+    if classes:
+        count = len(read_classes(classes))
+        if given is not None and given != count:
+            raise ManifestError(f"{classes} lists {count} classes but model.num_classes={given}; "
+                                "make them agree, or leave model.num_classes out (null): it "
+                                "comes from the data")
+        return count
+    samples = [sample for path in manifests if path for sample in scan_manifest(path)[0]]
+    if not samples:
+        if given is None:
+            raise ConfigError("model.num_classes=null and no label to count the classes from; "
+                              "give data.classes (classes.txt) or model.num_classes")
+        return given
+    top = max(samples, key=lambda sample: sample.label)
+    if given is not None and given <= top.label:
+        raise ManifestError(f"{top.where}: label {top.label} makes {top.label + 1} classes but "
+                            f"model.num_classes={given}; make them agree, or leave "
+                            "model.num_classes out (null): it comes from the data")
+    return given if given is not None else top.label + 1

@@ -61,10 +61,13 @@ def seeded_rngs(seed: int):
 
 
 class SeededSamples(Dataset):
-    """`dataset[index]` fetched under the sample's own seed, so its random augmentation is fixed."""
+    """`dataset[index]` fetched under the sample's own seed, so its random augmentation is fixed.
+    with_seed=True appends the seed to the sample, for a collate function that mixes the batch
+    (foodnet.data.augment.BatchMix) to draw from."""
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: Dataset, with_seed: bool = False):
         self.dataset = dataset
+        self.with_seed = with_seed
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -72,4 +75,5 @@ class SeededSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
         with seeded_rngs(seed):
-            return self.dataset[index]
+            sample = self.dataset[index]
+        return (*sample, seed) if self.with_seed else sample

@@ -78,6 +78,8 @@ class FoodClassifier(L.LightningModule):
         self.frozen_backbone = FrozenBackbone(net.backbone, self.speed,
                                               name=f"{net.arch} backbone")
         self.optimizer_factory = optimizer
+        # The learning rate found by the range test (train.py, tune.lr_find); None: the factory's.
+        self.lr: float | None = None
         # How the run trains the network (what is frozen, and for how long): recorded in the
         # checkpoint; features are reused only when it keeps the backbone frozen throughout.
         self.finetune = finetune or (Freeze() if net.backbone_frozen else Full())
@@ -170,10 +172,12 @@ class FoodClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
+        # y is (N,) labels, or (N, classes) soft targets under augment.mix (MixUp/CutMix):
+        # cross_entropy takes both, and accuracy counts the class with the larger share.
         loss = F.cross_entropy(logits, y, weight=self.class_weights,
                                label_smoothing=self.label_smoothing)
         self.train_loss(loss.detach())
-        self.train_acc(logits.detach(), y)
+        self.train_acc(logits.detach(), y.argmax(dim=1) if y.ndim == 2 else y)
         self.log(TRAIN_LOSS, self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
@@ -249,7 +253,8 @@ class FoodClassifier(L.LightningModule):
         trainable = [p for p in self.parameters() if p.requires_grad]
         if not trainable:
             raise ConfigError("no trainable parameters: the whole model is frozen")
-        optimizer = self.optimizer_factory(trainable)
+        optimizer = self.optimizer_factory(trainable, **({} if self.lr is None else
+                                                          {"lr": self.lr}))
         if self.scheduler_factory is None:
             return optimizer
         if self.scheduler_interval == "step":

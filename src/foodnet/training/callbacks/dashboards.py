@@ -82,6 +82,16 @@ class SpeedMonitor(L.Callback):
                       sync_dist=True, reduce_fx="max")
 
 
+def _title(target: torch.Tensor, names: list[str]) -> str:
+    """A label's class name; a soft target's (augment.mix) two largest shares, e.g. `cat 0.7 +
+    dog 0.3`."""
+    if target.ndim == 0:
+        return names[int(target)]
+    shares, classes = target.topk(min(2, target.numel()))
+    return " + ".join(f"{names[int(c)]} {float(s):.2f}" for s, c in zip(shares, classes,
+                                                                         strict=True) if s > 0)
+
+
 class AugmentedSamples(L.Callback):
     """Log the first training batch, as the network sees it after augmentation, once per fit.
 
@@ -110,8 +120,8 @@ class AugmentedSamples(L.Callback):
         preprocessing = hparams.get("preprocessing") or {}
         images = denormalize(x, preprocessing.get("mean", (0.0,) * 3),
                              preprocessing.get("std", (1.0,) * 3))
-        names = _class_names(pl_module, int(hparams.get("num_classes", int(y.max()) + 1)))
-        figure = image_grid_figure(images, [names[int(label)] for label in y])
+        names = _class_names(pl_module, int(hparams.get("num_classes", y.shape[-1])))
+        figure = image_grid_figure(images, [_title(target, names) for target in y])
         array = figure_to_array(figure)
         for logger in loggers:
             logger.experiment.add_image(self.tag, array, logged_step(trainer), dataformats="HWC")

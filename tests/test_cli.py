@@ -86,3 +86,20 @@ def test_data_help_names_the_foodnet_command_and_the_split_defaults(tmp_path):
     text = " ".join(folder.stdout.split())
     assert "--val-fraction VAL_FRACTION share of each class for val.txt (default: 0.1)" in text
     assert "--test-fraction TEST_FRACTION share of each class for test.txt (default: 0.1)" in text
+
+
+def test_help_read_by_a_reader_that_went_away_ends_quietly(tmp_path):
+    """`foodnet train --help | head -1`, with the reader gone before the help is written (so
+    the write fails every time, not only when the reader wins the race)."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([str(FOODNET), "train", "--help"], cwd=tmp_path,
+                                env=subprocess_env(), stdout=write_end, stderr=subprocess.PIPE,
+                                text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr

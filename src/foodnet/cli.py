@@ -83,7 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     # Exactly `python -m MODULE REST`: the module runs as __main__ with sys.argv[1:] = REST, so
     # Hydra sees only its overrides and Lightning's DDP relaunches `python -m MODULE REST`.
     sys.argv = [sys.argv[0], *rest]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except BrokenPipeError:
+        # The reader went away (`foodnet train --help | head`): stop quietly, as a Unix tool
+        # does; stdout goes to devnull so that Python's exit-time flush cannot fail again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -203,16 +203,33 @@ class FoodClassifier(L.LightningModule):
         # A tensor, not the metric (logging the metric would reset the best at each epoch's end):
         # every process holds the same value, so syncing it is a no-op that Lightning asks for.
         self.log(VAL_ACC_BEST, self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
-        if self._val_logits:
+        # Every process takes part in the gather, also one that got no validation batch.
+        if self.calibrate and (self._val_logits or self.trainer.world_size > 1):
             self._fit_temperature()
+
+    def _gather_uneven(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's rows, also when their counts differ (the validation set is not padded
+        to a multiple of the world size, so that each sample counts once): all_gather needs one
+        shape, so rows are padded to the largest count, then trimmed."""
+        counts = self.all_gather(torch.tensor(tensor.shape[0], device=tensor.device)).flatten()
+        pad = int(counts.max()) - tensor.shape[0]
+        padded = torch.cat([tensor, tensor.new_zeros((pad, *tensor.shape[1:]))]) if pad else tensor
+        gathered = self.all_gather(padded)
+        return torch.cat([gathered[rank, :int(n)] for rank, n in enumerate(counts)])
 
     def _fit_temperature(self) -> None:
         """Temperature scaling on this epoch's validation logits (all ranks': each then fits
         the same T), logged as ECE before and after."""
-        logits, labels = (torch.cat(parts) for parts in zip(*self._val_logits, strict=True))
+        if self._val_logits:
+            logits, labels = (torch.cat(parts) for parts in zip(*self._val_logits, strict=True))
+        else:
+            logits = torch.zeros(0, self.net.num_classes, device=self.device)
+            labels = torch.zeros(0, dtype=torch.long, device=self.device)
         self._val_logits.clear()
         if self.trainer.world_size > 1:
-            logits, labels = (self.all_gather(t).flatten(0, 1) for t in (logits, labels))
+            logits, labels = self._gather_uneven(logits), self._gather_uneven(labels)
+        if labels.numel() == 0:
+            return
         self.calibration = calibrate(logits, labels)
         self.hparams[TEMPERATURE] = self.calibration.temperature
         # Every process fitted on the same gathered logits: syncing is a no-op Lightning asks for.

@@ -332,7 +332,13 @@ def with_data(cfg: DictConfig) -> DictConfig:
 
 def train(cfg: DictConfig) -> dict:
     """Fit, test the best checkpoint when a test manifest is given, write metrics.json."""
-    check_config(cfg, TrainSchema)  # the types, before with_data reads the data with them
+    from foodnet.training.preflight import check_settings
+
+    # What the config alone can be checked for, before the data is read (with_data) and before
+    # anything heavy is built: the types, the trainer's keys, the arch and its weights' name.
+    typed = check_config(cfg, TrainSchema)
+    check_trainer_keys(typed.trainer)
+    check_settings(typed.model.arch, typed.model.weights)
     cfg = check_config(with_data(cfg), TrainSchema)
     from foodnet.logs import library_chatter
 
@@ -345,16 +351,13 @@ def _train(cfg: DictConfig) -> dict:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from foodnet.training.callbacks.pruning import OptunaPruning
-    from foodnet.training.preflight import check_settings
     from foodnet.training.resume import find_resume
     from foodnet.training.tracking import log_outcome, log_params, mlflow_loggers
     from foodnet.training.trainer import expected_warnings
 
     run_dir = Path(cfg.paths.output_dir)
     log.info("run dir: %s", run_dir)
-    # What can be checked from the config alone, before anything heavy is built or read.
-    check_trainer_keys(cfg.trainer)
-    check_settings(cfg.model.arch, cfg.model.weights)
+    # The checkpoint to resume from, read once and vetted before anything is built.
     resume = find_resume(cfg.ckpt_path,
                          OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath"),
                          arch=cfg.model.arch, num_classes=cfg.model.num_classes,

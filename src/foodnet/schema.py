@@ -125,6 +125,7 @@ class TrainSchema(CommonSchema):
 class EvalSchema(CommonSchema):
     channels_last: Any = MISSING  # auto, true or false (checked by speed.plan.check_options)
     calibrate: bool = MISSING
+    tta: str = MISSING  # none, flip or five (checked by data.tta.check_tta)
     model: EvalModelSchema = field(default_factory=EvalModelSchema)
 
 

@@ -115,10 +115,11 @@ def upload(*paths: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
 
 
-def predict_cli(model: Path, paths: list[Path], capsys, topk: int = 5) -> list[dict]:
+def predict_cli(model: Path, paths: list[Path], capsys, topk: int = 5,
+                extra: list[str] | None = None) -> list[dict]:
     capsys.readouterr()
-    assert predict_main([str(model), *map(str, paths), "--topk", str(topk), "--device", "cpu"]) \
-        in (0, 1)
+    assert predict_main([str(model), *map(str, paths), "--topk", str(topk), "--device", "cpu",
+                         *(extra or [])]) in (0, 1)
     return json.loads(capsys.readouterr().out)
 
 
@@ -637,3 +638,23 @@ def test_min_confidence_server_option_and_request_field(tiny_checkpoint, photos)
         [r["predictions"] for r in overridden.json()]
     assert all(len(r["predictions"]) == 3 for r in server_default.json())
     assert bad.status_code == 400 and "min_confidence" in bad.json()["error"]
+
+
+def test_serve_with_tta_answers_predicts_averaged_probabilities(tiny_checkpoint, photos, capsys):
+    """The server's classifier with tta=flip answers what predict --tta flip does, and differs
+    from the plain answer (the control)."""
+    card = {**model_card(tiny_checkpoint), "tta": "flip"}
+    app = create_app(open_classifier(tiny_checkpoint, device="cpu", tta="flip"), card,
+                     max_batch_size=8, max_wait=0.01, max_upload_bytes=MIB)
+    with serve_in_thread(app) as client:
+        answer = client.post("/predict", files=upload(*photos[:4]), data={"topk": "20"})
+        assert client.get("/info").json()["tta"] == "flip"
+    assert answer.status_code == 200, answer.text
+    flipped = predict_cli(tiny_checkpoint, photos[:4], capsys, topk=20, extra=["--tta", "flip"])
+    plain = predict_cli(tiny_checkpoint, photos[:4], capsys, topk=20)
+    for ours, theirs, control in zip(answer.json(), flipped, plain, strict=True):
+        probs = {p["label"]: p["prob"] for p in theirs["predictions"]}
+        assert {p["label"]: p["prob"] for p in ours["predictions"]} == pytest.approx(
+            probs, abs=FLOAT32_REORDER)
+        assert {p["label"]: p["prob"] for p in control["predictions"]} != pytest.approx(
+            probs, abs=1e-4)

@@ -1,8 +1,9 @@
 """Evaluate a checkpoint: `python -m foodnet.evaluate ckpt_path=CKPT data.test_manifest=M`.
 
 Writes report.json, confusion.png and misclassified.csv into the Hydra run folder. Probabilities
-are softmax(logits / T) with the checkpoint's temperature; calibrate=true fits T anew on
-data.val_manifest and also writes calibrated.ckpt, the checkpoint with that temperature.
+are softmax(logits / T) with the checkpoint's temperature (with tta, their mean over each image's
+views); calibrate=true fits T anew on data.val_manifest (on the eval preset's view alone) and also
+writes calibrated.ckpt, the checkpoint with that temperature.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def _evaluate(cfg: DictConfig) -> dict:
     import torch
     from hydra.utils import instantiate
 
+    from foodnet.data.tta import average_probabilities, check_tta
     from foodnet.machine import resolve_device
     from foodnet.models.checkpoint import load_model
     from foodnet.reports.calibration import calibrate, expected_calibration_error
@@ -68,6 +70,7 @@ def _evaluate(cfg: DictConfig) -> dict:
     if cfg.calibrate and not cfg.data.get("val_manifest"):
         raise ConfigError("calibrate=true fits the temperature on data.val_manifest: set it "
                           "(the images the model was validated on), or calibrate=false")
+    check_tta(cfg.tta)
     run_dir = Path(cfg.paths.output_dir)
     log.info("run dir: %s", run_dir)
     net, info = load_model(cfg.ckpt_path)
@@ -92,17 +95,21 @@ def _evaluate(cfg: DictConfig) -> dict:
                         "optimistic; give another labelled set as data.val_manifest")
         _, val_logits, val_labels = _logits(cfg, cfg.data.val_manifest, net, info,
                                             preprocessing, trainer)
-        fit = calibrate(val_logits, val_labels)
+        # The temperature belongs to the network, not to the views: fit it on the eval view.
+        fit = calibrate(val_logits[:, 0], val_labels)
         temperature = fit.temperature
         log.info("temperature %.4f fitted on %s (checkpoint: %.4f); val ECE %.4f -> %.4f",
                  temperature, cfg.data.val_manifest, info.temperature, fit.ece_raw, fit.ece)
     samples, logits, labels = _logits(cfg, cfg.data.test_manifest, net, info, preprocessing,
                                       trainer)
-    probs = (logits / temperature).softmax(dim=1)
+    # logits: (N, views, C); one view when tta=none.
+    probs = average_probabilities((logits / temperature).softmax(dim=2))
     scores, matrix = classification_report(probs, labels, class_names)
     report = {"checkpoint": str(cfg.ckpt_path), "test_manifest": str(cfg.data.test_manifest),
-              "preprocessing": preprocessing.to_dict(), **scores, TEMPERATURE: temperature,
-              TEST_ECE_RAW: expected_calibration_error(logits.softmax(dim=1), labels),
+              "preprocessing": preprocessing.to_dict(), "tta": cfg.tta, **scores,
+              TEMPERATURE: temperature,
+              TEST_ECE_RAW: expected_calibration_error(average_probabilities(logits.softmax(dim=2)),
+                                                       labels),
               TEST_ECE: expected_calibration_error(probs, labels)}
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,12 +128,14 @@ def _evaluate(cfg: DictConfig) -> dict:
 
 
 def _logits(cfg: DictConfig, manifest: str, net, info, preprocessing, trainer):
-    """The network's logits over a manifest's images, in its order: (samples, logits, labels)."""
+    """The network's logits over a manifest's images, in its order: (samples, logits (N, views,
+    C), labels), the views those of cfg.tta."""
     import torch
     from torch.utils.data import DataLoader
 
     from foodnet.data.check import check_manifest, raise_for_errors
     from foodnet.data.dataset import ManifestDataset, ignore_stop_signals
+    from foodnet.data.tta import tta_transform
     from foodnet.machine import num_workers
     from foodnet.reports.evaluation import Evaluator, IndexedDataset
 
@@ -136,7 +145,7 @@ def _logits(cfg: DictConfig, manifest: str, net, info, preprocessing, trainer):
                                       "label, or evaluate a checkpoint trained on this label")
     raise_for_errors([report])
     samples = report.samples
-    dataset = ManifestDataset(samples, preprocessing.eval_transform())
+    dataset = ManifestDataset(samples, tta_transform(preprocessing, cfg.tta))
     loader = DataLoader(IndexedDataset(dataset), batch_size=cfg.data.batch_size,
                         num_workers=num_workers(cfg.data.num_workers),
                         pin_memory=torch.cuda.is_available(),

@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-confidence", type=probability, default=0.0, metavar="P",
                         help="answer unsure (\"unsure\": true, the top-k still given) when the "
                              "top class's calibrated probability is below P (default: never)")
+    parser.add_argument("--tta", choices=("none", "flip", "five"), default="none",
+                        help="test-time augmentation: average the probabilities over the image "
+                             "and its mirror (flip) or the centre and 4 corner crops (five); "
+                             "each record then says which (\"tta\")")
     parser.add_argument("--format", choices=("json", "csv"), default="json")
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--workers", type=workers_option, default="auto",
@@ -74,8 +78,11 @@ def predict_records(classifier: Classifier, paths: list[Path], topk: int,
     for prediction in predict_images(classifier, paths, batch_size, num_workers):
         if prediction.error is not None:
             log.error("error: %s", prediction.error)
-        records.append(prediction_record(prediction, classifier.info.class_names, topk,
-                                         min_confidence=min_confidence))
+        record = prediction_record(prediction, classifier.info.class_names, topk,
+                                   min_confidence=min_confidence)
+        if classifier.tta != "none":  # averaged over views: say so next to the answer
+            record["tta"] = classifier.tta
+        records.append(record)
     return records
 
 
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     # Output, model and inputs before any prediction: a mistake costs seconds, not the whole run.
     if args.out:
         check_output(args.out)
-    classifier = open_classifier(args.model, device=args.device)
+    classifier = open_classifier(args.model, device=args.device, tta=args.tta)
     paths = collect_images(args.inputs)
     records = predict_records(classifier, paths, args.topk, args.batch_size, args.workers,
                               args.min_confidence)

@@ -110,6 +110,8 @@ class TrainSchema(CommonSchema):
     cache_views: int = MISSING
     cache_dir: str = MISSING
     calibrate: bool = MISSING
+    ema: bool = MISSING
+    ema_decay: float = MISSING
     model: ModelSchema = field(default_factory=ModelSchema)
     finetune: dict[str, Any] = field(default_factory=dict)  # the strategy (_target_), its options
     augment: dict[str, Any] = field(default_factory=dict)  # _target_ (a policy) and its options
@@ -123,6 +125,7 @@ class TrainSchema(CommonSchema):
 class EvalSchema(CommonSchema):
     channels_last: Any = MISSING  # auto, true or false (checked by speed.plan.check_options)
     calibrate: bool = MISSING
+    tta: str = MISSING  # none, flip or five (checked by data.tta.check_tta)
     model: EvalModelSchema = field(default_factory=EvalModelSchema)
 
 
@@ -137,6 +140,7 @@ _RANGES = {
     "model.optimizer.lr": (float, lambda v: v > 0, "a positive number (the default is 1e-3)"),
     "model.optimizer.weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
     "trainer.max_epochs": (int, lambda v: v >= 1, "a positive integer"),
+    "ema_decay": (float, lambda v: 0 < v < 1, "a number in (0, 1), e.g. 0.999"),
     "tune.min_lr": (float, lambda v: v > 0, "a positive number"),
     "tune.num_training": (int, lambda v: v >= 2, "an integer >= 2"),
 }

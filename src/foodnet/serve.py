@@ -60,6 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-confidence", type=probability, default=0.0, metavar="P",
                         help="answers whose top probability is below P say \"unsure\": true "
                              "(a request's min_confidence field overrides it)")
+    parser.add_argument("--tta", choices=("none", "flip", "five"), default="none",
+                        help="test-time augmentation: average the probabilities over the image "
+                             "and its mirror (flip) or the centre and 4 corner crops (five); "
+                             "/info says which")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available")
     parser.add_argument("--threads", type=positive_int,
@@ -113,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    classifier = open_classifier(args.model, device=args.device)
-    card = model_card(args.model)
+    classifier = open_classifier(args.model, device=args.device, tta=args.tta)
+    # The card says how this server answers, too: averaged over views or not.
+    card = {**model_card(args.model), "tta": args.tta}
     sock = bind(args.host, args.port)
     if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
         log.warning("warning: --host %s: the server is reachable from other machines, without "

@@ -86,6 +86,7 @@ def build(cfg: DictConfig, resume: ResumePoint | None = None,
                             scheduler_interval=cfg.scheduler.interval,
                             label_smoothing=cfg.model.label_smoothing,
                             calibrate=cfg.calibrate,
+                            ema=cfg.ema_decay if cfg.ema else None,
                             class_weights=_class_weights(cfg.model.class_weights, datamodule,
                                                          cfg.model.num_classes))
     trainer: L.Trainer = _instantiate(cfg.trainer, precision=speed.precision,
@@ -94,14 +95,18 @@ def build(cfg: DictConfig, resume: ResumePoint | None = None,
 
 
 def _callbacks_and_loggers(cfg: DictConfig, strategy: FinetuneStrategy) -> tuple[list, list]:
-    """callbacks.* and logger.*, plus the strategy's own callback (gradual unfreezing)."""
+    """callbacks.* and logger.*, plus the strategy's own callback (gradual unfreezing) and the
+    weights' moving average (ema=true)."""
     from lightning.pytorch.callbacks import LearningRateMonitor
 
+    from foodnet.training.callbacks.ema import TrainableEMA
     from foodnet.training.tracking import default_run_name
 
     callbacks = [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if strategy.callback() is not None:
         callbacks.append(strategy.callback())
+    if cfg.ema:
+        callbacks.append(TrainableEMA(cfg.ema_decay))
     run_dir = Path(cfg.paths.output_dir)
     loggers = [_instantiate(c, **default_run_name(c, run_dir))
                for c in (cfg.get("logger") or {}).values()]

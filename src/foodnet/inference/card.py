@@ -72,6 +72,8 @@ def checkpoint_card(path: str | Path, checkpoint: dict) -> dict:
         # The train-time augmentation policy (foodnet.data.augment), None where not recorded.
         "augment": hparams.get("augment"),
         "finetune": (hparams.get("finetune") or {}).get("name"),
+        # The decay of the weights' moving average it holds (ema=true), None: the raw weights.
+        "ema": hparams.get("ema"),
         VAL_ACC_BEST: _best_val_acc(checkpoint, run_dir),
         "epochs": epochs if isinstance(epochs, int) else None,
         "trained_at": saved.isoformat(timespec="seconds"),

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from foodnet.data.images import load_rgb
+from foodnet.data.tta import average_probabilities, tta_transform
 from foodnet.errors import ImageLoadError, ModelFileError
 from foodnet.inference.export_format import (
     EXPORT_FORMATS,
@@ -28,16 +29,26 @@ from foodnet.speed.decide import cached_layout
 
 
 class Classifier(ABC):
-    """A trained model: a normalised NCHW float batch in, class probabilities (N, C) out."""
+    """A trained model: a normalised NCHW float batch in, class probabilities (N, C) out; with
+    test-time augmentation (tta, foodnet.data.tta) each image is (views, C, H, W), the batch
+    N x views x C x H x W, and its probabilities the mean over its views."""
 
-    def __init__(self, info: ModelInfo, source: Path):
+    def __init__(self, info: ModelInfo, source: Path, tta: str = "none"):
         self.info = info
         self.source = source
-        # The preprocessing recorded with the model: what it saw in training.
-        self.transform = info.preprocessing.eval_transform()
+        self.tta = tta
+        # The preprocessing recorded with the model (what it saw in training), as views.
+        self.transform = tta_transform(info.preprocessing, tta)
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.dim() == 4:
+            return self._probabilities(batch)
+        count, views = batch.shape[:2]
+        probs = self._probabilities(batch.flatten(0, 1))
+        return average_probabilities(probs.view(count, views, -1))
 
     @abstractmethod
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor: ...
 
 
 class TorchClassifier(Classifier):
@@ -45,8 +56,8 @@ class TorchClassifier(Classifier):
     torch.export program (probabilities, the temperature already in the graph)."""
 
     def __init__(self, module: nn.Module, info: ModelInfo, source: Path, outputs_probs: bool,
-                 device: torch.device, channels_last: bool = False):
-        super().__init__(info, source)
+                 device: torch.device, channels_last: bool = False, tta: str = "none"):
+        super().__init__(info, source, tta)
         # An exported program is traced in eval mode and refuses .eval(); a network needs it.
         self.module = module if isinstance(module, torch.fx.GraphModule) \
             else module.to(device).eval()
@@ -57,7 +68,7 @@ class TorchClassifier(Classifier):
             self.module.to(memory_format=self.memory_format)
 
     @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, non_blocking=True)
         batch = batch.contiguous(memory_format=self.memory_format)
         out = self.module(batch).float()
@@ -67,8 +78,8 @@ class TorchClassifier(Classifier):
 class OnnxClassifier(Classifier):
     """An ONNX export run by onnxruntime; the graph ends in softmax(logits / temperature)."""
 
-    def __init__(self, path: Path, meta: dict, device: torch.device):
-        super().__init__(info_from_sidecar(meta, sidecar_path(path)), path)
+    def __init__(self, path: Path, meta: dict, device: torch.device, tta: str = "none"):
+        super().__init__(info_from_sidecar(meta, sidecar_path(path)), path, tta)
         import onnxruntime as ort  # optional dependency (foodnet[export]): only ONNX needs it
 
         providers = ["CPUExecutionProvider"]
@@ -80,13 +91,14 @@ class OnnxClassifier(Classifier):
             raise ModelFileError(f"{path}: not a loadable ONNX model ({err})") from None
         self.input_name = meta.get("input_name") or self.session.get_inputs()[0].name
 
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         (probs,) = self.session.run(None, {self.input_name: batch.numpy()})
         return torch.from_numpy(probs)
 
 
-def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
-    """A checkpoint (.ckpt), or an export identified by its sidecar (path + '.json')."""
+def open_classifier(path: str | Path, device: str = "auto", tta: str = "none") -> Classifier:
+    """A checkpoint (.ckpt), or an export identified by its sidecar (path + '.json'); tta: the
+    test-time augmentation (foodnet.data.tta) its probabilities average over."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
@@ -94,7 +106,7 @@ def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
     if sidecar_path(path).is_file():
         meta = read_sidecar(path)
         if meta["format"] == "onnx":
-            return OnnxClassifier(path, meta, torch_device)
+            return OnnxClassifier(path, meta, torch_device, tta)
         try:
             program = torch.export.load(str(path))
         except Exception as err:  # torch.export raises several types for foreign/truncated files
@@ -104,7 +116,7 @@ def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
 
             program = move_to_device_pass(program, torch_device)
         return TorchClassifier(program.module(), info_from_sidecar(meta, sidecar_path(path)),
-                               path, outputs_probs=True, device=torch_device)
+                               path, outputs_probs=True, device=torch_device, tta=tta)
     if path.suffix.lower().lstrip(".") in EXPORT_FORMATS:
         raise ModelFileError(f"{path}: no {sidecar_path(path).name} next to it, so its "
                              "preprocessing is unknown; foodnet export writes both")
@@ -113,7 +125,7 @@ def open_classifier(path: str | Path, device: str = "auto") -> Classifier:
     # default.
     channels_last = bool(cached_layout(torch_device, info.arch, info.preprocessing.image_size))
     return TorchClassifier(net, info, path, outputs_probs=False, device=torch_device,
-                           channels_last=channels_last)
+                           channels_last=channels_last, tta=tta)
 
 
 @dataclass(frozen=True)

@@ -31,18 +31,23 @@ class IndexedDataset(Dataset):
 
 
 class Evaluator(L.LightningModule):
-    """Runs the network over the test loader and keeps every sample's logits and label."""
+    """Runs the network over the test loader and keeps every sample's logits and label; images
+    given as views (N x views x C x H x W, foodnet.data.tta) keep each view's logits."""
 
     def __init__(self, net: TransferNet):
         super().__init__()
         self.net = net
         self._batches: list[tuple[torch.Tensor, ...]] = []
-        self.logits: torch.Tensor | None = None  # (N, C) in manifest order, after the test run
+        self.logits: torch.Tensor | None = None  # (N, C), or (N, views, C): in manifest order
         self.labels: torch.Tensor | None = None  # (N,)
 
     def test_step(self, batch, batch_idx):
         x, y, index = batch
-        self._batches.append((index, y, self.net(x).float()))
+        if x.dim() == 5:
+            logits = self.net(x.flatten(0, 1)).float().view(*x.shape[:2], -1)
+        else:
+            logits = self.net(x).float()
+        self._batches.append((index, y, logits))
 
     def on_test_epoch_end(self):
         index, labels, logits = (torch.cat(parts) for parts in zip(*self._batches, strict=True))
@@ -53,7 +58,7 @@ class Evaluator(L.LightningModule):
             index, labels, logits = (self.all_gather(t).flatten(0, 1)
                                      for t in (index, labels, logits))
         count = int(index.max()) + 1
-        self.logits = logits.new_empty(count, logits.shape[1])
+        self.logits = logits.new_empty(count, *logits.shape[1:])
         self.labels = labels.new_empty(count)
         self.logits[index], self.labels[index] = logits, labels
         self.logits, self.labels = self.logits.cpu(), self.labels.cpu()

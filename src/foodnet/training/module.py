@@ -66,7 +66,7 @@ class FoodClassifier(L.LightningModule):
                  scheduler: SchedulerFactory | None = None, scheduler_interval: str = "epoch",
                  label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None,
                  speed: SpeedPlan | None = None, finetune: FinetuneStrategy | None = None,
-                 calibrate: bool = False):
+                 calibrate: bool = False, ema: float | None = None):
         super().__init__()
         self.net = net
         # How this run computes (speed.plan); the Trainer applies its precision.
@@ -103,6 +103,8 @@ class FoodClassifier(L.LightningModule):
             "preprocessing": self.preprocessing.to_dict() if self.preprocessing else None,
             "augment": augment.to_dict() if augment is not None else None,
             "finetune": self.finetune.to_dict(),
+            # The decay of the weights' moving average the checkpoint holds (ema=true), else None.
+            "ema": ema,
             # Divides the logits before softmax (reports/calibration.py); 1.0: not calibrated.
             TEMPERATURE: 1.0},
             logger=False)

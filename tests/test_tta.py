@@ -16,6 +16,9 @@ from foodnet.models.checkpoint import load_model
 from foodnet.predict import main as predict_main
 from foodnet.predict import parse_args
 
+# float32 results whose reductions ran in another order (another batch size or kernel) agree to
+# a few units of float32's epsilon per accumulation, far below what TTA changes.
+FLOAT32_REORDER = {"rtol": 1e-5, "atol": 1e-5}
 
 def _paths(tiny_data, count=6):
     return [s.path for s in read_manifest(tiny_data["test"])][:count]
@@ -40,8 +43,9 @@ def test_views_are_the_eval_view_its_mirror_and_five_crops(tiny_checkpoint, tiny
 def test_tta_changes_the_probabilities_and_they_still_sum_to_one(tiny_checkpoint, tiny_data):
     paths = _paths(tiny_data)
     plain = _probs(tiny_checkpoint, paths, "none")
-    # The control: tta=none is exactly what predict answered before (the network, one view).
-    assert torch.equal(plain, checkpoint_probs(tiny_checkpoint, paths))
+    # The control: tta=none is what predict answered before (the network, one view), to float32
+    # rounding: batches of another size sum in another order (oneDNN picks kernels by shape).
+    torch.testing.assert_close(plain, checkpoint_probs(tiny_checkpoint, paths), **FLOAT32_REORDER)
     for mode in ("flip", "five"):
         averaged = _probs(tiny_checkpoint, paths, mode)
         assert not torch.allclose(averaged, plain), mode
@@ -52,7 +56,8 @@ def test_tta_changes_the_probabilities_and_they_still_sum_to_one(tiny_checkpoint
                          for p in paths])
     with torch.inference_mode():
         by_hand = (net(views.flatten(0, 1)) / info.temperature).softmax(1).view(len(paths), 2, -1)
-    assert torch.allclose(_probs(tiny_checkpoint, paths, "flip"), by_hand.mean(1), atol=1e-6)
+    torch.testing.assert_close(_probs(tiny_checkpoint, paths, "flip"), by_hand.mean(1),
+                               **FLOAT32_REORDER)
 
 
 def test_an_image_symmetric_under_flip_keeps_its_class(tiny_checkpoint, tmp_path):
@@ -62,7 +67,7 @@ def test_an_image_symmetric_under_flip_keeps_its_class(tiny_checkpoint, tmp_path
     path = tmp_path / "symmetric.png"
     left.save(path)
     plain, flipped = (_probs(tiny_checkpoint, [path], mode) for mode in ("none", "flip"))
-    assert torch.allclose(plain, flipped, atol=1e-6)  # the mirror is the same image
+    torch.testing.assert_close(plain, flipped, **FLOAT32_REORDER)  # the mirror is the same image
     assert plain.argmax() == flipped.argmax()
 
 

@@ -48,6 +48,17 @@ def test_default_model_offline_names_the_offline_backbone_and_leaves_no_run_fold
     assert (run_dir / "train.log").is_file() and (run_dir / ".hydra").is_dir()
 
 
+def test_a_failed_run_in_the_working_directory_itself_keeps_that_folder(tmp_path):
+    """hydra.run.dir=. makes the user's own folder the run folder: a mistake must not remove it,
+    even when it held nothing before the run."""
+    work = tmp_path / "work"
+    work.mkdir()
+    result = _train("model=efficientnet_lite0", "hydra.run.dir=.", cwd=work)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "data/train.txt" in result.stderr.splitlines()[-1]  # no manifests there: a user error
+    assert work.is_dir() and (work / "train.log").is_file()
+
+
 # What an editable install does (setuptools' finder, asked only after every sys.path folder):
 # foodnet from this checkout's src/, in this process and in every process it starts.
 _EDITABLE_FINDER = '''

@@ -76,6 +76,9 @@ def discard_unused_run_folder() -> None:
     if hydra.mode != RunMode.RUN or not hydra.runtime.output_dir:
         return
     run_dir = Path(hydra.runtime.output_dir)
+    cwd = Path.cwd().resolve()
+    if cwd.is_relative_to(run_dir.resolve()):
+        return  # hydra.run.dir=. (or a folder above): the user's own folder is never removed
     started = {f"{hydra.job.name}.log"}
     if hydra.output_subdir is not None:
         started.add(str(hydra.output_subdir))
@@ -87,7 +90,6 @@ def discard_unused_run_folder() -> None:
         return
     shutil.rmtree(run_dir)
     # And the folders Hydra made for it (outputs/train/) once empty, up to the working directory.
-    cwd = Path.cwd().resolve()
     for parent in run_dir.resolve().parents:
         if parent == cwd or not parent.is_relative_to(cwd) or any(parent.iterdir()):
             break

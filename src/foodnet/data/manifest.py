@@ -198,8 +198,12 @@ def resolve_num_classes(given: int | None, classes: str | Path | None,
                                 "make them agree, or leave model.num_classes out (null): it "
                                 "comes from the data")
         return count
-    samples = [sample for path in manifests if path for sample in scan_manifest(path)[0]]
+    scans = [scan_manifest(path) for path in manifests if path]
+    samples = [sample for found, _ in scans for sample in found]
     if not samples:
+        unreadable = [p for _, problems in scans for p in problems if p.scope == "manifest"]
+        if given is None and unreadable:  # a missing or empty manifest says so, not the count
+            raise ManifestError("; ".join(map(str, unreadable)))
         if given is None:
             raise ConfigError("model.num_classes=null and no label to count the classes from; "
                               "give data.classes (classes.txt) or model.num_classes")
